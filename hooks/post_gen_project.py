@@ -1,0 +1,57 @@
+"""Delete the files of the resources the user switched off."""
+
+import shutil
+from pathlib import Path
+
+PACKAGE = Path("src") / {{ cookiecutter.package_name | tojson }}
+
+FILES_BY_RESOURCE = {
+    "postgres": [
+        PACKAGE / "resources" / "postgres.py",
+        PACKAGE / "api" / "notes.py",
+        PACKAGE / "models.py",
+        Path("tests") / "test_postgres.py",
+    ],
+    "redis": [
+        PACKAGE / "resources" / "redis.py",
+        PACKAGE / "api" / "cache.py",
+        Path("tests") / "test_redis.py",
+    ],
+    "http_client": [
+        PACKAGE / "resources" / "http_client.py",
+        PACKAGE / "api" / "upstream.py",
+        Path("tests") / "test_http_client.py",
+    ],
+}
+ENABLED = {
+    "postgres": {{ cookiecutter.use_postgres }},
+    "redis": {{ cookiecutter.use_redis }},
+    "http_client": {{ cookiecutter.use_http_client }},
+}
+# Only needed when the service owns at least one resource.
+FILES_OF_ANY_RESOURCE = [
+    PACKAGE / "resources",
+    PACKAGE / "dependencies.py",
+    Path("tests") / "test_lifespan.py",
+]
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def main() -> None:
+    for resource, enabled in ENABLED.items():
+        if not enabled:
+            for path in FILES_BY_RESOURCE[resource]:
+                remove(path)
+    if not any(ENABLED.values()):
+        for path in FILES_OF_ANY_RESOURCE:
+            remove(path)
+
+
+if __name__ == "__main__":
+    main()

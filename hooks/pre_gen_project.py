@@ -1,0 +1,65 @@
+"""Reject answers that would bake a broken project, before any file is written.
+
+Cookiecutter removes the half-made project folder when this hook exits non-zero.
+"""
+
+import keyword
+import re
+import sys
+
+PROJECT_SLUG = {{ cookiecutter.project_slug | tojson }}
+PACKAGE_NAME = {{ cookiecutter.package_name | tojson }}
+
+# Modules the generated service or its tests import: a package with one of these names
+# would shadow the real module on sys.path and break the service at import time.
+THIRD_PARTY_IMPORTS = {
+    "alembic",
+    "anyio",
+    "asgi_lifespan",
+    "asyncpg",
+    "fastapi",
+    "httpx",
+    "mypy",
+    "pydantic",
+    "pydantic_settings",
+    "pytest",
+    "redis",
+    "ruff",
+    "sqlalchemy",
+    "starlette",
+    "structlog",
+    "tests",
+    "uvicorn",
+}
+
+
+def slug_error(slug: str) -> str | None:
+    if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", slug):
+        return (
+            f"project_slug {slug!r} is invalid: use lowercase letters, digits and single hyphens, "
+            "starting with a letter (e.g. 'billing-api')"
+        )
+    return None
+
+
+def package_error(name: str) -> str | None:
+    if not name.isidentifier() or not name.isascii():
+        return f"package_name {name!r} is not a Python identifier: use lowercase letters, digits and underscores"
+    if name != name.lower():
+        return f"package_name {name!r} must be lowercase"
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return f"package_name {name!r} is a Python keyword: choose another name"
+    if name in sys.stdlib_module_names or name in THIRD_PARTY_IMPORTS:
+        return f"package_name {name!r} would shadow the module {name!r} the service imports: choose another name"
+    return None
+
+
+def main() -> int:
+    errors = [e for e in (slug_error(PROJECT_SLUG), package_error(PACKAGE_NAME)) if e]
+    for error in errors:
+        print(f"ERROR: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP routes: the health probes, and one small example per resource that you can delete."""

@@ -1,0 +1,34 @@
+"""Example Redis routes: a small key-value cache with expiry."""
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+
+from {{ cookiecutter.package_name }}.dependencies import RedisClient
+
+router = APIRouter(prefix="/cache", tags=["cache"])
+
+KEY_PREFIX = "cache:"
+
+
+class CacheValue(BaseModel):
+    value: str = Field(max_length=10_000)
+    ttl_seconds: int = Field(default=300, ge=1, le=86_400)
+
+
+class CacheEntry(BaseModel):
+    key: str
+    value: str
+
+
+@router.put("/{key}")
+async def put_value(key: str, body: CacheValue, redis: RedisClient) -> CacheEntry:
+    await redis.set(KEY_PREFIX + key, body.value, ex=body.ttl_seconds)
+    return CacheEntry(key=key, value=body.value)
+
+
+@router.get("/{key}", responses={status.HTTP_404_NOT_FOUND: {}})
+async def get_value(key: str, redis: RedisClient) -> CacheEntry:
+    value = await redis.get(KEY_PREFIX + key)
+    if value is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "key not found")
+    return CacheEntry(key=key, value=value)

@@ -1,0 +1,39 @@
+"""Example PostgreSQL routes: one session per request, committed before the response is sent."""
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from {{ cookiecutter.package_name }}.dependencies import DbSession
+from {{ cookiecutter.package_name }}.models import Note
+
+router = APIRouter(prefix="/notes", tags=["notes"])
+
+
+class NoteIn(BaseModel):
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class NoteOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    text: str
+    created_at: datetime
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_note(body: NoteIn, session: DbSession) -> NoteOut:
+    note = Note(text=body.text)
+    session.add(note)
+    await session.flush()
+    return NoteOut.model_validate(note)
+
+
+@router.get("/{note_id}", responses={status.HTTP_404_NOT_FOUND: {}})
+async def get_note(note_id: int, session: DbSession) -> NoteOut:
+    note = await session.get(Note, note_id)
+    if note is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "note not found")
+    return NoteOut.model_validate(note)

@@ -1,0 +1,66 @@
+"""Typed dependencies that hand routes what the lifespan opened (via `request.state`)."""
+
+{% if cookiecutter.use_postgres -%}
+from collections.abc import AsyncIterator
+{% endif -%}
+from typing import Annotated, cast
+
+{% if cookiecutter.use_http_client -%}
+import httpx
+{% endif -%}
+from fastapi import Depends, Request
+{%- if cookiecutter.use_redis %}
+from redis.asyncio import Redis
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+{%- endif %}
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return cast(Settings, request.state.settings)
+
+
+AppSettings = Annotated[Settings, Depends(_settings)]
+{%- if cookiecutter.use_postgres %}
+
+
+def _postgres(request: Request) -> AsyncEngine:
+    return cast(AsyncEngine, request.state.postgres)
+
+
+Postgres = Annotated[AsyncEngine, Depends(_postgres)]
+
+
+async def _db_session(engine: Postgres) -> AsyncIterator[AsyncSession]:
+    # Closing the session rolls back whatever was not committed, so a handler that raises
+    # leaves nothing behind.
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        yield session
+        await session.commit()
+
+
+# scope="function" commits when the handler returns and before the response is sent: a failed
+# commit becomes a 500, never a 2xx the client already has.
+DbSession = Annotated[AsyncSession, Depends(_db_session, scope="function")]
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+
+
+def _redis(request: Request) -> Redis:
+    return cast(Redis, request.state.redis)
+
+
+RedisClient = Annotated[Redis, Depends(_redis)]
+{%- endif %}
+{%- if cookiecutter.use_http_client %}
+
+
+def _http_client(request: Request) -> httpx.AsyncClient:
+    return cast(httpx.AsyncClient, request.state.http_client)
+
+
+HttpClient = Annotated[httpx.AsyncClient, Depends(_http_client)]
+{%- endif %}

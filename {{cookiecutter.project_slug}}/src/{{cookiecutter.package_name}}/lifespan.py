@@ -1,0 +1,86 @@
+{%- set any_resource = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client -%}
+"""The lifespan: open the shared resources in order, hand them to requests, close them again."""
+
+{% if any_resource -%}
+import asyncio
+import time
+{% endif -%}
+from collections.abc import AsyncIterator
+from contextlib import {% if any_resource %}AsyncExitStack, {% endif %}asynccontextmanager
+from typing import TypedDict
+
+{% if cookiecutter.use_http_client -%}
+import httpx
+{% endif -%}
+import structlog
+from fastapi import FastAPI
+{%- if cookiecutter.use_redis %}
+from redis.asyncio import Redis
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+from sqlalchemy.ext.asyncio import AsyncEngine
+{%- endif %}
+
+{% if cookiecutter.use_http_client -%}
+from {{ cookiecutter.package_name }}.resources.http_client import open_http_client
+{% endif -%}
+{% if any_resource -%}
+from {{ cookiecutter.package_name }}.resources.lifecycle import elapsed_ms
+{% endif -%}
+{% if cookiecutter.use_postgres -%}
+from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
+{% endif -%}
+{% if cookiecutter.use_redis -%}
+from {{ cookiecutter.package_name }}.resources.redis import open_redis
+{% endif -%}
+from {{ cookiecutter.package_name }}.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class State(TypedDict):
+    """What the lifespan hands over: Starlette copies it into every `request.state`."""
+
+    settings: Settings
+{%- if cookiecutter.use_postgres %}
+    postgres: AsyncEngine
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    redis: Redis
+{%- endif %}
+{%- if cookiecutter.use_http_client %}
+    http_client: httpx.AsyncClient
+{%- endif %}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
+{%- if any_resource %}
+    started = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + settings.startup_timeout
+    # The exit stack closes whatever opened, in reverse order, also when a later one fails.
+    async with AsyncExitStack() as resources:
+        state: State = {
+            "settings": settings,
+{%- if cookiecutter.use_postgres %}
+            "postgres": await resources.enter_async_context(open_postgres(settings, deadline)),
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+            "redis": await resources.enter_async_context(open_redis(settings, deadline)),
+{%- endif %}
+{%- if cookiecutter.use_http_client %}
+            "http_client": await resources.enter_async_context(
+                open_http_client(settings, deadline)
+            ),
+{%- endif %}
+        }
+        log.info("lifespan.started", duration_ms=elapsed_ms(started))
+        yield state
+        log.info("lifespan.stopping")
+{%- else %}
+    # Open shared resources here, each an async context manager entered on an AsyncExitStack.
+    log.info("lifespan.started")
+    yield {"settings": settings}
+    log.info("lifespan.stopping")
+{%- endif %}
+    log.info("lifespan.stopped")

@@ -1,0 +1,1 @@
+"""The shared resources the lifespan opens: one module, one async context manager each."""

@@ -1,0 +1,96 @@
+"""What every resource does the same way: verify with retries until the startup deadline, log its
+opening and closing, and close within a timeout without ever stopping the others from closing."""
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
+
+Client = TypeVar("Client")
+
+
+class ResourceUnavailableError(RuntimeError):
+    """A resource could not be verified before the startup deadline."""
+
+
+def describe(exc: BaseException) -> str:
+    """The root cause in one short line: drivers wrap errors (SQLAlchemy around asyncpg, ...)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def verify_until(
+    resource: str, verify: Callable[[], Awaitable[object]], deadline: float
+) -> None:
+    """Retry `verify` with full-jitter exponential backoff until it passes or `deadline`
+    (event-loop time) is reached; a hanging attempt is cut off at the deadline too."""
+    loop = asyncio.get_running_loop()
+    for attempt in itertools.count(1):
+        try:
+            async with asyncio.timeout_at(deadline):
+                await verify()
+        except Exception as exc:
+            log.warning(
+                "resource.open_failed", resource=resource, attempt=attempt, error=describe(exc)
+            )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ResourceUnavailableError(
+                    f"{resource}: not available within the startup timeout "
+                    f"after {attempt} attempts: {describe(exc)}"
+                ) from None
+            backoff = random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2**attempt))  # noqa: S311
+            await asyncio.sleep(min(backoff, remaining))
+        else:
+            return
+
+
+@asynccontextmanager
+async def lifecycle(
+    resource: str,
+    client: Client,
+    *,
+    verify: Callable[[], Awaitable[object]] | None,
+    close: Callable[[], Awaitable[object]],
+    deadline: float,
+    close_timeout: float,
+    target: Mapping[str, object],
+) -> AsyncIterator[Client]:
+    """Own `client` for the life of the service. `target` says where it points: never a secret."""
+    started = time.perf_counter()
+    try:
+        if verify is not None:
+            await verify_until(resource, verify, deadline)
+    except BaseException:
+        # It never opened, so there is nothing to report closing; just release what it holds.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(close(), close_timeout)
+        raise
+    log.info("resource.opened", resource=resource, duration_ms=elapsed_ms(started), **target)
+    try:
+        yield client
+    finally:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(close(), close_timeout)
+        except Exception as exc:
+            log.error("resource.close_failed", resource=resource, error=describe(exc))
+        else:
+            log.info("resource.closed", resource=resource, duration_ms=elapsed_ms(started))

@@ -1,0 +1,98 @@
+"""Settings, read once from the environment (and `.env`) and validated before anything opens."""
+
+from typing import Annotated, Literal
+{%- if cookiecutter.use_redis %}
+from urllib.parse import urlsplit
+{%- endif %}
+{%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- set pydantic_names = ["BeforeValidator", "Field"]
+    + (["HttpUrl"] if cookiecutter.use_http_client else [])
+    + (["SecretStr"] if secret_urls else [])
+    + ["ValidationError"]
+    + (["field_validator"] if secret_urls else []) %}
+
+from pydantic import {{ pydantic_names | join(", ") }}
+from pydantic_settings import BaseSettings, SettingsConfigDict
+{%- if cookiecutter.use_postgres %}
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+{%- endif %}
+
+Seconds = Annotated[float, Field(gt=0)]
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_format: Literal["json", "console"] = "json"
+    log_level: LogLevel = "INFO"
+    # The deadline for opening every resource, retries included.
+    startup_timeout: Seconds = 10.0
+    # How long each resource may take to close before we give up on it.
+    shutdown_timeout: Seconds = 5.0
+    # Per-resource limit of one /health/ready check.
+    readiness_timeout: Seconds = 1.0
+{%- if cookiecutter.use_postgres %}
+
+    database_url: SecretStr
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    # How long a request waits for a pooled connection.
+    db_pool_timeout: Seconds = 5.0
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+
+    redis_url: SecretStr
+    redis_max_connections: int = Field(default=50, ge=1)
+    redis_socket_timeout: Seconds = 2.0
+{%- endif %}
+{%- if cookiecutter.use_http_client %}
+
+    http_client_base_url: HttpUrl | None = None
+    http_client_timeout: Seconds = 10.0
+    http_client_connect_timeout: Seconds = 2.0
+    http_client_max_connections: int = Field(default=100, ge=1)
+    http_client_max_keepalive_connections: int = Field(default=20, ge=0)
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg_driver(cls, value: SecretStr) -> SecretStr:
+        try:
+            url = make_url(value.get_secret_value())
+        except ArgumentError:
+            url = None
+        if url is None or url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
+            # Never echo the value: it may hold a password.
+            raise ValueError("must look like postgresql+asyncpg://user:password@host:5432/database")
+        asyncpg_url = url.set(drivername="postgresql+asyncpg")
+        return SecretStr(asyncpg_url.render_as_string(hide_password=False))
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+
+    @field_validator("redis_url")
+    @classmethod
+    def _is_redis_url(cls, value: SecretStr) -> SecretStr:
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must look like redis://:password@host:6379/0")
+        return value
+{%- endif %}
+
+
+def load_settings() -> Settings:
+    """Read the settings, or exit with one line naming every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        raise SystemExit(f"invalid settings: {problems}") from None
