@@ -1,1 +1,144 @@
-"""placeholder"""
+"""The lifespan opens the enabled resources in order, closes them in reverse, and fails cleanly."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import pytest
+from fastapi import FastAPI
+from structlog.typing import EventDict
+
+from {{ cookiecutter.package_name }}.lifespan import lifespan
+from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, lifecycle
+from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import RESOURCES
+from tests.servers import free_port, silent_server
+
+# The resources that verify a server at startup (the HTTP client needs no upstream).
+VERIFIED = [resource for resource in RESOURCES if resource != "http_client"]
+
+
+def pointing_at(resource: str, port: int) -> dict[str, str]:
+    """Settings that send `resource` to 127.0.0.1:`port`."""
+    return {
+        "postgres": {"database_url": f"postgresql://postgres@127.0.0.1:{port}/postgres"},
+        "redis": {"redis_url": f"redis://127.0.0.1:{port}/0"},
+    }[resource]
+
+
+def resources_logged(events: list[EventDict], event: str) -> list[str]:
+    return [e["resource"] for e in events if e["event"] == event]
+
+
+async def test_opens_in_order_and_closes_in_reverse(
+    settings: Settings, events: list[EventDict]
+) -> None:
+    async with lifespan(FastAPI(), settings) as state:
+        assert set(state) == {"settings", *RESOURCES}
+        assert resources_logged(events, "resource.opened") == RESOURCES
+        assert resources_logged(events, "resource.closed") == []
+
+    assert resources_logged(events, "resource.closed") == RESOURCES[::-1]
+    assert resources_logged(events, "resource.open_failed") == []
+    opened = {e["resource"]: e for e in events if e["event"] == "resource.opened"}
+    for event in events:
+        if event["event"] in {"resource.opened", "resource.closed"}:
+            assert event["log_level"] == "info"
+            assert event["duration_ms"] >= 0
+    expected_targets = {
+        "postgres": {"host", "port", "database"},
+        "redis": {"host", "port", "db"},
+        "http_client": {"base_url_host"},
+    }
+    for resource, event in opened.items():
+        assert expected_targets[resource] <= set(event)
+
+
+async def test_each_app_gets_its_own_resources(settings: Settings) -> None:
+    async with lifespan(FastAPI(), settings) as first, lifespan(FastAPI(), settings) as second:
+        first_resources, second_resources = dict(first), dict(second)
+        for resource in RESOURCES:
+            assert first_resources[resource] is not second_resources[resource]
+
+
+@pytest.mark.parametrize("failing", VERIFIED)
+async def test_a_failure_closes_what_was_already_open(
+    failing: str, make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    settings = make_settings(startup_timeout=0.5, **pointing_at(failing, free_port()))
+
+    with pytest.raises(ResourceUnavailableError, match=failing):
+        async with lifespan(FastAPI(), settings):
+            pytest.fail("the lifespan must not start")
+
+    opened_before = RESOURCES[: RESOURCES.index(failing)]
+    assert resources_logged(events, "resource.opened") == opened_before
+    assert resources_logged(events, "resource.closed") == opened_before[::-1]
+    failures = [e for e in events if e["event"] == "resource.open_failed"]
+    assert {e["resource"] for e in failures} == {failing}
+    # A refused connection is retried until the deadline.
+    assert [e["attempt"] for e in failures] == list(range(1, len(failures) + 1))
+    assert len(failures) >= 2
+
+
+@pytest.mark.parametrize("failing", VERIFIED)
+async def test_the_startup_deadline_cuts_off_a_server_that_never_answers(
+    failing: str, make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    with silent_server() as port:
+        settings = make_settings(startup_timeout=1.0, **pointing_at(failing, port))
+        started = time.monotonic()
+        with pytest.raises(ResourceUnavailableError, match="startup timeout"):
+            async with lifespan(FastAPI(), settings):
+                pytest.fail("the lifespan must not start")
+        elapsed = time.monotonic() - started
+
+    assert 1.0 <= elapsed < 2.5
+    assert resources_logged(events, "resource.open_failed")[-1] == failing
+
+
+async def test_a_failing_close_is_logged_and_does_not_stop_the_others(
+    events: list[EventDict],
+) -> None:
+    closed: list[str] = []
+
+    async def close_first() -> None:
+        closed.append("first")
+
+    async def close_broken() -> None:
+        raise ConnectionError("server went away")
+
+    async def close_hanging() -> None:
+        await asyncio.Event().wait()
+
+    deadline = asyncio.get_running_loop().time() + 1
+    async with AsyncExitStack() as stack:
+        for name, close in [
+            ("first", close_first),
+            ("broken", close_broken),
+            ("hanging", close_hanging),
+        ]:
+            await stack.enter_async_context(
+                lifecycle(
+                    name,
+                    object(),
+                    verify=None,
+                    close=close,
+                    deadline=deadline,
+                    close_timeout=0.2,
+                    target={},
+                )
+            )
+
+    assert closed == ["first"]
+    outcomes = [
+        (e["event"], e["resource"]) for e in events if e["event"].startswith("resource.close")
+    ]
+    assert outcomes == [
+        ("resource.close_failed", "hanging"),
+        ("resource.close_failed", "broken"),
+        ("resource.closed", "first"),
+    ]
+    errors = {e["resource"]: e["error"] for e in events if e["event"] == "resource.close_failed"}
+    assert errors == {"hanging": "TimeoutError", "broken": "ConnectionError: server went away"}

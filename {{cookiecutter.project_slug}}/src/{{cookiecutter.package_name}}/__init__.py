@@ -1,1 +1,1 @@
-"""{{ cookiecutter.project_name }}: {{ cookiecutter.description }}"""
+"""My Service: A FastAPI service whose lifespan owns its connections."""

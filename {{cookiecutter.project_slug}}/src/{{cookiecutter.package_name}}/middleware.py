@@ -12,6 +12,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # Incoming ids are echoed and logged, so only short, printable ones are trusted.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
+_INTERNAL_ERROR_BODY = b'{"detail":"Internal Server Error"}'
+
 log = structlog.get_logger(__name__)
 
 
@@ -34,7 +36,7 @@ class RequestContextMiddleware:
 
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         started = time.perf_counter()
-        status_code = 500
+        status_code: int | None = None
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code
@@ -48,6 +50,22 @@ class RequestContextMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_request_id)
+            except Exception:
+                # Logged here, where the request id is bound, and answered here so that even
+                # a 500 carries the id the client can quote.
+                log.exception("http.unhandled_error")
+                if status_code is not None:
+                    raise  # the response has started: only dropping the connection is left
+                await send_with_request_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send_with_request_id(
+                    {"type": "http.response.body", "body": _INTERNAL_ERROR_BODY}
+                )
             finally:
                 log.info(
                     "http.request",

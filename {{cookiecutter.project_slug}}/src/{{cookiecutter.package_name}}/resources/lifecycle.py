@@ -26,7 +26,7 @@ class ResourceUnavailableError(RuntimeError):
 
 def describe(exc: BaseException) -> str:
     """The root cause in one short line: drivers wrap errors (SQLAlchemy around asyncpg, ...)."""
-    while exc.__cause__ is not None:
+    while exc.__cause__ is not None and not isinstance(exc, TimeoutError):
         exc = exc.__cause__
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

@@ -1,0 +1,112 @@
+"""Settings: bad or missing values stop the service with one line naming the variable."""
+
+from collections.abc import Callable
+
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+{%- set urls = (["ADMIN_DATABASE_URL"] if cookiecutter.use_postgres else [])
+    + (["REDIS_URL"] if cookiecutter.use_redis else []) %}
+{%- if urls %}
+from tests.conftest import {{ urls | join(", ") }}
+{%- endif %}
+
+REQUIRED = {
+{%- if cookiecutter.use_postgres %}
+    "DATABASE_URL": ADMIN_DATABASE_URL,
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    "REDIS_URL": REDIS_URL,
+{%- endif %}
+}
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.MonkeyPatch:
+    """A clean environment with the required variables set, and no `.env` file in reach."""
+    monkeypatch.chdir(str(tmp_path))
+    for name, value in REQUIRED.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def load_error(environment: pytest.MonkeyPatch) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings()
+    message = str(exit_info.value.code)
+    assert "\n" not in message
+    return message
+
+
+def test_the_environment_is_read(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("PORT", "9001")
+    environment.setenv("LOG_LEVEL", "debug")
+
+    settings = load_settings()
+
+    assert (settings.port, settings.log_level) == (9001, "DEBUG")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PORT", "eighty"), ("PORT", "70000"), ("LOG_FORMAT", "xml"), ("STARTUP_TIMEOUT", "0")],
+)
+def test_a_bad_value_names_the_variable(
+    environment: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    environment.setenv(variable, value)
+
+    assert load_error(environment).startswith(f"invalid settings: {variable}: ")
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+
+
+@pytest.mark.parametrize("variable", list(REQUIRED))
+def test_a_missing_url_names_the_variable(environment: pytest.MonkeyPatch, variable: str) -> None:
+    environment.delenv(variable)
+
+    assert load_error(environment) == f"invalid settings: {variable}: Field required"
+
+
+@pytest.mark.parametrize("variable", list(REQUIRED))
+def test_a_url_of_the_wrong_kind_is_refused_without_echoing_it(
+    environment: pytest.MonkeyPatch, variable: str
+) -> None:
+    environment.setenv(variable, "mysql://admin:s3cret-value@db.example/app")
+
+    message = load_error(environment)
+
+    assert message.startswith(f"invalid settings: {variable}: ")
+    assert "s3cret-value" not in message
+
+
+def test_secrets_stay_out_of_repr_and_str(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+{%- if cookiecutter.use_postgres %}
+        database_url="postgresql://app:s3cret-pg@127.0.0.1:5432/app",
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+        redis_url="redis://:s3cret-redis@127.0.0.1:6379/0",
+{%- endif %}
+    )
+
+    for text in (repr(settings), str(settings), str(settings.model_dump())):
+        assert "s3cret" not in text
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pw@db:5432/app",
+        "postgres://app:pw@db:5432/app",
+        "postgresql+asyncpg://app:pw@db:5432/app",
+    ],
+)
+def test_postgres_urls_are_normalised_to_asyncpg(
+    make_settings: Callable[..., Settings], url: str
+) -> None:
+    settings = make_settings(database_url=url)
+
+    assert settings.database_url.get_secret_value() == "postgresql+asyncpg://app:pw@db:5432/app"
+{%- endif %}
