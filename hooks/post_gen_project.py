@@ -31,7 +31,6 @@ ENABLED = {
 # Only needed when the service owns at least one resource.
 FILES_OF_ANY_RESOURCE = [
     PACKAGE / "resources",
-    PACKAGE / "dependencies.py",
     Path("tests") / "test_lifespan.py",
 ]
 

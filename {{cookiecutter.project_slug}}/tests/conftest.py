@@ -40,18 +40,11 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from tests.servers import upstream_server
 {%- endif %}
 
+{% set resources = (["postgres"] if cookiecutter.use_postgres else [])
+    + (["redis"] if cookiecutter.use_redis else [])
+    + (["http_client"] if cookiecutter.use_http_client else []) -%}
 # The resources this service opens, in lifespan order.
-RESOURCES: list[str] = [
-{%- if cookiecutter.use_postgres %}
-    "postgres",
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    "redis",
-{%- endif %}
-{%- if cookiecutter.use_http_client %}
-    "http_client",
-{%- endif %}
-]
+RESOURCES: list[str] = {{ resources | tojson }}
 {%- if cookiecutter.use_postgres %}
 
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -109,14 +102,9 @@ def upstream_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def make_settings(
-{%- if cookiecutter.use_postgres %}
-    database_url: str,
-{%- endif %}
-{%- if cookiecutter.use_http_client %}
-    upstream_url: str,
-{%- endif %}
-) -> Callable[..., Settings]:
+{%- set servers = (["database_url: str"] if cookiecutter.use_postgres else [])
+    + (["upstream_url: str"] if cookiecutter.use_http_client else []) %}
+def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
     """Settings pointing at the test servers; keyword arguments override single fields."""
 
     def make(**overrides: Any) -> Settings:

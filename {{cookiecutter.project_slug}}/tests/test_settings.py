@@ -1,17 +1,25 @@
+{%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """Settings: bad or missing values stop the service with one line naming the variable."""
 
+{% if secret_urls -%}
 from collections.abc import Callable
 
+{% endif -%}
 import pytest
 
+{% if secret_urls -%}
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+{%- else -%}
+from {{ cookiecutter.package_name }}.settings import load_settings
+{%- endif %}
 {%- set urls = (["ADMIN_DATABASE_URL"] if cookiecutter.use_postgres else [])
     + (["REDIS_URL"] if cookiecutter.use_redis else []) %}
 {%- if urls %}
 from tests.conftest import {{ urls | join(", ") }}
 {%- endif %}
 
-REQUIRED = {
+{% if secret_urls -%}
+REQUIRED: dict[str, str] = {
 {%- if cookiecutter.use_postgres %}
     "DATABASE_URL": ADMIN_DATABASE_URL,
 {%- endif %}
@@ -19,6 +27,9 @@ REQUIRED = {
     "REDIS_URL": REDIS_URL,
 {%- endif %}
 }
+{%- else -%}
+REQUIRED: dict[str, str] = {}
+{%- endif %}
 
 
 @pytest.fixture
@@ -57,7 +68,7 @@ def test_a_bad_value_names_the_variable(
     environment.setenv(variable, value)
 
     assert load_error(environment).startswith(f"invalid settings: {variable}: ")
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if secret_urls %}
 
 
 @pytest.mark.parametrize("variable", list(REQUIRED))
