@@ -122,7 +122,6 @@ async def test_a_failing_close_is_logged_and_does_not_stop_the_others(
             await stack.enter_async_context(
                 lifecycle(
                     name,
-                    object(),
                     verify=None,
                     close=close,
                     deadline=deadline,

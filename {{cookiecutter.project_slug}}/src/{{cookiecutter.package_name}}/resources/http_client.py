@@ -40,7 +40,6 @@ async def open_http_client(settings: Settings, deadline: float) -> AsyncIterator
     )
     async with lifecycle(
         "http_client",
-        client,
         verify=None,  # needs no upstream to start
         close=client.aclose,
         deadline=deadline,

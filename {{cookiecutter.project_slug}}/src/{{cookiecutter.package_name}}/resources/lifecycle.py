@@ -8,7 +8,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import structlog
 
@@ -16,8 +15,6 @@ log = structlog.get_logger(__name__)
 
 FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
-
-Client = TypeVar("Client")
 
 
 class ResourceUnavailableError(RuntimeError):
@@ -65,15 +62,15 @@ async def verify_until(
 @asynccontextmanager
 async def lifecycle(
     resource: str,
-    client: Client,
     *,
     verify: Callable[[], Awaitable[object]] | None,
     close: Callable[[], Awaitable[object]],
     deadline: float,
     close_timeout: float,
     target: Mapping[str, object],
-) -> AsyncIterator[Client]:
-    """Own `client` for the life of the service. `target` says where it points: never a secret."""
+) -> AsyncIterator[None]:
+    """Own a client for the life of the service: `verify` it, then `close` it on exit.
+    `target` says where it points, for the log: never a secret."""
     started = time.perf_counter()
     try:
         if verify is not None:
@@ -85,7 +82,7 @@ async def lifecycle(
         raise
     log.info("resource.opened", resource=resource, duration_ms=elapsed_ms(started), **target)
     try:
-        yield client
+        yield
     finally:
         started = time.perf_counter()
         try:

@@ -31,7 +31,6 @@ async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[As
     )
     async with lifecycle(
         "postgres",
-        engine,
         verify=partial(ping, engine),
         close=engine.dispose,
         deadline=deadline,

@@ -34,7 +34,6 @@ async def open_redis(settings: Settings, deadline: float) -> AsyncIterator[Redis
     parts = urlsplit(url)
     async with lifecycle(
         "redis",
-        client,
         verify=partial(ping, client),
         close=client.aclose,
         deadline=deadline,
