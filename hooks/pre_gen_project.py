@@ -10,9 +10,9 @@ import sys
 PROJECT_SLUG = {{ cookiecutter.project_slug | tojson }}
 PACKAGE_NAME = {{ cookiecutter.package_name | tojson }}
 
-# Modules the generated service or its tests import: a package with one of these names
+# Modules the generated service or its tests import, beyond the standard library: a package with one of these names
 # would shadow the real module on sys.path and break the service at import time.
-THIRD_PARTY_IMPORTS = {
+SHADOWED_IMPORTS = {
     "alembic",
     "anyio",
     "asgi_lifespan",
@@ -28,6 +28,7 @@ THIRD_PARTY_IMPORTS = {
     "sqlalchemy",
     "starlette",
     "structlog",
+    "test",  # the standard library's own test package, missing from sys.stdlib_module_names
     "tests",
     "uvicorn",
 }
@@ -49,7 +50,7 @@ def package_error(name: str) -> str | None:
         return f"package_name {name!r} must be lowercase"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         return f"package_name {name!r} is a Python keyword: choose another name"
-    if name in sys.stdlib_module_names or name in THIRD_PARTY_IMPORTS:
+    if name in sys.stdlib_module_names or name in SHADOWED_IMPORTS:
         return f"package_name {name!r} would shadow the module {name!r} the service imports: choose another name"
     return None
 

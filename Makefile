@@ -1,0 +1,38 @@
+# The template's own tooling. `make test` is what CI runs.
+PYTHON ?= python3
+JOBS ?= 4
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+BUILD := build
+DEMO := $(BUILD)/my-service
+
+.PHONY: test test-fast bake demo clean
+
+# The dev venv is rebuilt whenever requirements-dev.txt changes.
+$(VENV)/.installed: requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## Run the whole template suite: hooks, every bake, and each baked project's own checks.
+test: $(VENV)/.installed
+	$(BIN)/pytest -n $(JOBS) --dist worksteal
+
+## Only the cheap checks (no per-bake venv).
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -n $(JOBS) --dist worksteal -m "not slow"
+
+## Bake the default (all resources on) service into $(DEMO).
+bake: $(VENV)/.installed
+	rm -rf $(DEMO)
+	$(BIN)/cookiecutter . --no-input -o $(BUILD)
+
+## Bake, install and run the default service in the foreground (config from its .env).
+demo: bake
+	cd $(DEMO) && $(BIN)/uv venv --quiet --python $(BIN)/python .venv
+	cd $(DEMO) && $(BIN)/uv pip install --python .venv/bin/python -e '.[dev]'
+	cp $(DEMO)/.env.example $(DEMO)/.env
+	cd $(DEMO) && exec .venv/bin/python -m my_service
+
+clean:
+	rm -rf $(VENV) $(BUILD) .pytest_cache

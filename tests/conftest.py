@@ -1,0 +1,163 @@
+"""Shared helpers for the template's own test suite: baking projects and running their tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
+from uv import find_uv_bin
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+
+# Lines of a failed step's output shown in the assertion message.
+TAIL_LINES = 60
+
+
+@dataclass(frozen=True)
+class Baker:
+    """Bakes the template, keeping cookiecutter's replay files out of the home directory."""
+
+    config_file: Path
+
+    def bake(self, output_dir: Path, context: Mapping[str, object]) -> Path:
+        """Bake with the Python API and return the generated project directory."""
+        project = cookiecutter(
+            str(TEMPLATE_DIR),
+            no_input=True,
+            output_dir=str(output_dir),
+            extra_context=dict(context),
+            config_file=str(self.config_file),
+        )
+        return Path(project)
+
+    def run_cli(self, output_dir: Path, answers: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+        """Bake with the command line, as a user would, capturing stdout and stderr separately."""
+        argv = [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            str(TEMPLATE_DIR),
+            "--no-input",
+            "--config-file",
+            str(self.config_file),
+            "-o",
+            str(output_dir),
+            *(f"{key}={value}" for key, value in answers.items()),
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def baker(tmp_path_factory: pytest.TempPathFactory) -> Baker:
+    home = tmp_path_factory.mktemp("cookiecutter-home")
+    config_file = home / "config.yaml"
+    # JSON strings are valid YAML scalars, and safe for any path.
+    config_file.write_text(
+        f"replay_dir: {json.dumps(str(home / 'replay'))}\n"
+        f"cookiecutters_dir: {json.dumps(str(home / 'cookiecutters'))}\n"
+    )
+    return Baker(config_file)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def report(self) -> str:
+        tail = "\n".join(self.output.rstrip().splitlines()[-TAIL_LINES:])
+        return f"--- step {self.name!r} failed (exit {self.returncode}); last lines of its output:\n{tail}"
+
+
+def run_step(name: str, argv: Sequence[str | Path], cwd: Path, env: Mapping[str, str], timeout: float) -> StepResult:
+    """Run one command, merging stdout and stderr; a timeout is reported as a failure."""
+    try:
+        completed = subprocess.run(
+            [str(arg) for arg in argv],
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return StepResult(name, -1, f"{output}\n[timed out after {timeout:.0f}s]")
+    return StepResult(name, completed.returncode, completed.stdout)
+
+
+@dataclass(frozen=True)
+class ProjectVenv:
+    """A virtual environment, outside the project directory, for one baked project."""
+
+    path: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.path / "bin"
+
+    @property
+    def tmp(self) -> Path:
+        """Temporary directory of the project's tools: nested pytest runs must not prune ours."""
+        return self.path.parent / "tmp"
+
+    def env(self) -> dict[str, str]:
+        """The caller's environment (DATABASE_URL, REDIS_URL, ...) activated for this venv.
+
+        Variables of the outer pytest (and xdist) run are dropped so they cannot leak into the
+        baked project's own pytest run.
+        """
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("PYTEST_") and key not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"}
+        }
+        env["VIRTUAL_ENV"] = str(self.path)
+        env["TMPDIR"] = str(self.tmp)
+        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def create(self, project_dir: Path) -> StepResult:
+        """Create the venv and install the project editable with its dev extra, using uv.
+
+        uv's cache is shared by all workers and runs (uv locks it), so only the first
+        install downloads anything.
+        """
+        uv = find_uv_bin()
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        env = self.env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+        created = run_step(
+            "uv venv",
+            [uv, "venv", "--python", sys.executable, self.path],
+            cwd=project_dir,
+            env=env,
+            timeout=120,
+        )
+        if not created.ok:
+            return created
+        return run_step(
+            "uv pip install -e '.[dev]'",
+            [uv, "pip", "install", "--python", self.bin / "python", "-e", ".[dev]"],
+            cwd=project_dir,
+            env=env,
+            timeout=600,
+        )
+
+    def run(self, name: str, argv: Sequence[str], cwd: Path, timeout: float = 600) -> StepResult:
+        """Run one of the venv's console scripts (e.g. ``ruff``) in the project directory."""
+        executable, *args = argv
+        return run_step(name, [self.bin / executable, *args], cwd=cwd, env=self.env(), timeout=timeout)

@@ -1,0 +1,266 @@
+"""Bake every combination of resources and check the result.
+
+Cheap checks read the generated files. The ``slow`` check installs each baked project in its
+own venv and runs the project's own lint, type and test commands, exactly as its README says.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import Baker, ProjectVenv, StepResult
+
+
+@dataclass(frozen=True)
+class Resource:
+    flag: str
+    # Paths relative to the project; "{package}" stands for the package name.
+    files: tuple[str, ...]
+    # Distributions in [project].dependencies, and the modules src/ imports from them.
+    dependencies: tuple[str, ...]
+    modules: tuple[str, ...]
+
+    def paths(self, package: str) -> list[str]:
+        return [path.format(package=package) for path in self.files]
+
+    def own_modules(self, package: str) -> list[str]:
+        """Dotted names of the resource's modules under src/, e.g. ``my_service.api.cache``."""
+        return [
+            ".".join(Path(path).relative_to("src").with_suffix("").parts)
+            for path in self.paths(package)
+            if path.startswith("src/")
+        ]
+
+
+RESOURCES: dict[str, Resource] = {
+    "postgres": Resource(
+        flag="use_postgres",
+        files=(
+            "src/{package}/resources/postgres.py",
+            "src/{package}/api/notes.py",
+            "src/{package}/models.py",
+            "tests/test_postgres.py",
+        ),
+        dependencies=("sqlalchemy", "asyncpg"),
+        modules=("sqlalchemy", "asyncpg"),
+    ),
+    "redis": Resource(
+        flag="use_redis",
+        files=("src/{package}/resources/redis.py", "src/{package}/api/cache.py", "tests/test_redis.py"),
+        dependencies=("redis",),
+        modules=("redis",),
+    ),
+    "http_client": Resource(
+        flag="use_http_client",
+        files=(
+            "src/{package}/resources/http_client.py",
+            "src/{package}/api/upstream.py",
+            "tests/test_http_client.py",
+        ),
+        dependencies=("httpx",),
+        modules=("httpx",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    enabled: frozenset[str]
+    project_name: str | None = None
+    slug: str = "my-service"
+    package: str = "my_service"
+
+    @property
+    def id(self) -> str:
+        resources = "-".join(name for name in RESOURCES if name in self.enabled) or "no-resources"
+        return resources if self.project_name is None else f"{self.slug}-{resources}"
+
+    @property
+    def disabled(self) -> list[Resource]:
+        return [resource for name, resource in RESOURCES.items() if name not in self.enabled]
+
+    @property
+    def context(self) -> dict[str, object]:
+        context: dict[str, object] = {resource.flag: name in self.enabled for name, resource in RESOURCES.items()}
+        if self.project_name is not None:
+            context["project_name"] = self.project_name
+        return context
+
+
+CASES = [
+    Case(frozenset(name for name, on in zip(RESOURCES, flags, strict=True) if on))
+    for flags in itertools.product([True, False], repeat=len(RESOURCES))
+] + [
+    Case(frozenset(RESOURCES), project_name="Billing API v2", slug="billing-api-v2", package="billing_api_v2"),
+]
+
+TEMPLATE_MARKERS = ("{{", "{%", "%}")
+# GitHub Actions expressions look like Jinja; they are the only braces allowed, and only there.
+GITHUB_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
+# Tool caches and the like, should a checked project ever contain them.
+IGNORED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+
+
+@dataclass(frozen=True)
+class Baked:
+    case: Case
+    project: Path
+
+    def files(self) -> Iterator[Path]:
+        for path in sorted(self.project.rglob("*")):
+            if path.is_file() and not IGNORED_DIRS.intersection(path.relative_to(self.project).parts):
+                yield path
+
+    def python_files(self, under: str = ".") -> list[Path]:
+        return [path for path in self.files() if path.suffix == ".py" and path.is_relative_to(self.project / under)]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
+def baked(request: pytest.FixtureRequest, baker: Baker, tmp_path_factory: pytest.TempPathFactory) -> Baked:
+    case: Case = request.param
+    return Baked(case, baker.bake(tmp_path_factory.mktemp(case.id), case.context))
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, or None for a binary file."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def imported_modules(path: Path, src: Path) -> set[str]:
+    """Absolute dotted names of everything a module imports, with relative imports resolved."""
+    package = path.relative_to(src).with_suffix("").parts[:-1]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names.add(module)
+            # `from pkg.resources import redis` may import the module pkg.resources.redis.
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def is_within(name: str, module: str) -> bool:
+    return name == module or name.startswith(f"{module}.")
+
+
+def requirement_name(requirement: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert match, f"unparsable requirement {requirement!r}"
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def test_project_is_named_after_slug_and_package(baked: Baked) -> None:
+    assert baked.project.name == baked.case.slug
+    assert (baked.project / "src" / baked.case.package / "__init__.py").is_file()
+
+
+def test_no_template_syntax_left(baked: Baked) -> None:
+    leftovers: list[str] = []
+    for path in baked.files():
+        relative = path.relative_to(baked.project)
+        if any(marker in str(relative) for marker in TEMPLATE_MARKERS):
+            leftovers.append(f"{relative}: template syntax in the file name")
+        text = read_text(path)
+        if text is None:
+            continue
+        if relative.parts[0] == ".github":
+            text = GITHUB_EXPRESSION.sub("", text)
+        for number, line in enumerate(text.splitlines(), start=1):
+            if any(marker in line for marker in TEMPLATE_MARKERS):
+                leftovers.append(f"{relative}:{number}: {line.strip()}")
+    assert not leftovers, "unrendered template syntax:\n" + "\n".join(leftovers)
+
+
+def test_resource_files_follow_flags(baked: Baked) -> None:
+    package = baked.case.package
+    unexpected = [path for resource in baked.case.disabled for path in resource.paths(package)]
+    expected = [path for name in baked.case.enabled for path in RESOURCES[name].paths(package)]
+    assert [path for path in unexpected if (baked.project / path).exists()] == [], "files of disabled resources"
+    assert [path for path in expected if not (baked.project / path).exists()] == [], "missing resource files"
+
+
+def test_src_does_not_import_disabled_resources(baked: Baked) -> None:
+    src = baked.project / "src"
+    forbidden = [
+        module
+        for resource in baked.case.disabled
+        for module in (*resource.modules, *resource.own_modules(baked.case.package))
+    ]
+    offending = [
+        f"{path.relative_to(baked.project)}: {name}"
+        for path in baked.python_files("src")
+        for name in sorted(imported_modules(path, src))
+        if any(is_within(name, module) for module in forbidden)
+    ]
+    assert not offending, "imports of disabled resources:\n" + "\n".join(offending)
+
+
+def test_runtime_dependencies_follow_flags(baked: Baked) -> None:
+    pyproject = tomllib.loads((baked.project / "pyproject.toml").read_text())
+    dependencies = {requirement_name(requirement) for requirement in pyproject["project"]["dependencies"]}
+    for name, resource in RESOURCES.items():
+        declared = sorted(dependencies.intersection(resource.dependencies))
+        if name in baked.case.enabled:
+            assert declared == sorted(resource.dependencies), f"{name} is on: [project].dependencies = {dependencies}"
+        else:
+            assert declared == [], f"{name} is off but [project].dependencies has {declared}"
+
+
+def test_python_files_compile(baked: Baked) -> None:
+    errors: list[str] = []
+    for path in baked.python_files():
+        try:
+            compile(path.read_text(), str(path.relative_to(baked.project)), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            errors.append(f"{exc.filename}:{exc.lineno}: {exc.msg}")
+    assert not errors, "syntax errors:\n" + "\n".join(errors)
+
+
+# The baked project's own checks, as its README documents them.
+PROJECT_CHECKS: list[tuple[str, list[str]]] = [
+    ("ruff check", ["ruff", "check", "."]),
+    ("ruff format --check", ["ruff", "format", "--check", "."]),
+    ("mypy", ["mypy"]),
+    ("pytest", ["pytest", "-q", "-p", "no:cacheprovider"]),
+]
+
+
+def explain(result: StepResult) -> str:
+    report = result.report()
+    if result.name == "pytest" and result.returncode == pytest.ExitCode.NO_TESTS_COLLECTED:
+        report += "\n(pytest collected no tests: a baked project must test itself)"
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_project_checks_pass(case: Case, baker: Baker, tmp_path: Path) -> None:
+    # A bake of its own: tool caches written here must not reach the cheap checks' bake.
+    project = baker.bake(tmp_path / "out", case.context)
+    venv = ProjectVenv(tmp_path / "venv")
+
+    installed = venv.create(project)
+    if not installed.ok:
+        pytest.fail(installed.report(), pytrace=False)
+
+    results = [venv.run(name, argv, cwd=project) for name, argv in PROJECT_CHECKS]
+    failed = [result for result in results if not result.ok]
+    if failed:
+        pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
