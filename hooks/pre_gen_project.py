@@ -7,6 +7,7 @@ import keyword
 import re
 import sys
 
+PROJECT_NAME = {{ cookiecutter.project_name | tojson }}
 PROJECT_SLUG = {{ cookiecutter.project_slug | tojson }}
 PACKAGE_NAME = {{ cookiecutter.package_name | tojson }}
 
@@ -34,6 +35,13 @@ SHADOWED_IMPORTS = {
 }
 
 
+def name_error(name: str) -> str | None:
+    # The name lands in Python docstrings and Markdown headings.
+    if not name.strip() or any(char in name for char in '"\\\n'):
+        return f"project_name {name!r} is invalid: use one non-empty line without double quotes or backslashes"
+    return None
+
+
 def slug_error(slug: str) -> str | None:
     if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", slug):
         return (
@@ -56,7 +64,8 @@ def package_error(name: str) -> str | None:
 
 
 def main() -> int:
-    errors = [e for e in (slug_error(PROJECT_SLUG), package_error(PACKAGE_NAME)) if e]
+    checks = (name_error(PROJECT_NAME), slug_error(PROJECT_SLUG), package_error(PACKAGE_NAME))
+    errors = [error for error in checks if error]
     for error in errors:
         print(f"ERROR: {error}", file=sys.stderr)
     return 1 if errors else 0

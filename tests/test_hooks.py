@@ -11,6 +11,8 @@ from conftest import Baker
 # (field the error must name, answers). Slug cases also pass a valid package_name, so that
 # exactly one answer is wrong and the hook has exactly one thing to complain about.
 BAD_ANSWERS: list[tuple[str, dict[str, str]]] = [
+    ("project_name", {"project_name": 'Say "hi"', "project_slug": "say-hi", "package_name": "say_hi"}),
+    ("project_name", {"project_name": "back\\slash", "project_slug": "back", "package_name": "back"}),
     ("project_slug", {"project_slug": "My Service", "package_name": "my_service"}),
     ("project_slug", {"project_slug": "9lives", "package_name": "nine_lives"}),
     ("project_slug", {"project_slug": "bad_slug", "package_name": "bad_slug"}),

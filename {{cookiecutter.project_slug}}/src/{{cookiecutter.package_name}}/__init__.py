@@ -1,1 +1,1 @@
-"""My Service: A FastAPI service whose lifespan owns its connections."""
+"""{{ cookiecutter.project_name }}: a FastAPI service whose lifespan owns its connections."""

@@ -6,7 +6,11 @@ import asyncio
 import time
 {% endif -%}
 from collections.abc import AsyncIterator
-from contextlib import {% if any_resource %}AsyncExitStack, {% endif %}asynccontextmanager
+{% if any_resource -%}
+from contextlib import AsyncExitStack, asynccontextmanager
+{% else -%}
+from contextlib import asynccontextmanager
+{% endif -%}
 from typing import TypedDict
 
 {% if cookiecutter.use_http_client -%}

@@ -21,7 +21,7 @@ def configure_logging(log_format: Literal["json", "console"], log_level: str) ->
             structlog.processors.JSONRenderer(),
         ]
     else:
-        rendering = [structlog.dev.ConsoleRenderer()]
+        rendering = [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
