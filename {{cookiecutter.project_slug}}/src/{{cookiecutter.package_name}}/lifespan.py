@@ -28,9 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 {% if cookiecutter.use_http_client -%}
 from {{ cookiecutter.package_name }}.resources.http_client import open_http_client
 {% endif -%}
-{% if any_resource -%}
-from {{ cookiecutter.package_name }}.resources.lifecycle import elapsed_ms
-{% endif -%}
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
 {% endif -%}
@@ -38,6 +35,9 @@ from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
 from {{ cookiecutter.package_name }}.resources.redis import open_redis
 {% endif -%}
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- if any_resource %}
+from {{ cookiecutter.package_name }}.timing import elapsed_ms
+{%- endif %}
 
 log = structlog.get_logger(__name__)
 

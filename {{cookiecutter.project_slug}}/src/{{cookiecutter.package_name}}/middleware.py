@@ -8,6 +8,8 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from {{ cookiecutter.package_name }}.timing import elapsed_ms
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # Incoming ids are echoed and logged, so only short, printable ones are trusted.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -72,5 +74,5 @@ class RequestContextMiddleware:
                     method=scope["method"],
                     path=scope["path"],
                     status=status_code,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=elapsed_ms(started),
                 )

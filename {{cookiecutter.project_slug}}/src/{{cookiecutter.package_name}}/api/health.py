@@ -25,6 +25,7 @@ from {{ cookiecutter.package_name }}.resources.postgres import ping as ping_post
 {%- if cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.resources.redis import ping as ping_redis
 {%- endif %}
+from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -59,12 +60,8 @@ async def _check(ping: Callable[[], Awaitable[None]], limit_seconds: float) -> R
     except Exception as exc:
         # The type is enough for an operator; messages can carry internal addresses.
         error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        return ResourceHealth(status="unavailable", latency_ms=_ms(started), error=error)
-    return ResourceHealth(status="ok", latency_ms=_ms(started))
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
+        return ResourceHealth(status="unavailable", latency_ms=elapsed_ms(started), error=error)
+    return ResourceHealth(status="ok", latency_ms=elapsed_ms(started))
 
 
 @router.get(

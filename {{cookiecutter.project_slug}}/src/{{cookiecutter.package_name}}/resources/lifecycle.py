@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 
 import structlog
 
+from {{ cookiecutter.package_name }}.timing import elapsed_ms
+
 log = structlog.get_logger(__name__)
 
 FIRST_BACKOFF = 0.05
@@ -27,10 +29,6 @@ def describe(exc: BaseException) -> str:
         exc = exc.__cause__
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
-
-
-def elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
 
 
 async def verify_until(
