@@ -11,6 +11,9 @@ FILES_BY_RESOURCE = {
         PACKAGE / "api" / "notes.py",
         PACKAGE / "models.py",
         Path("tests") / "test_postgres.py",
+        Path("tests") / "test_migrations.py",
+        Path("alembic.ini"),
+        Path("migrations"),
     ],
     "redis": [
         PACKAGE / "resources" / "redis.py",

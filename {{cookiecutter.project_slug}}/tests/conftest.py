@@ -14,7 +14,12 @@ import os
 import uuid
 {% endif -%}
 from collections.abc import AsyncIterator, Callable, Iterator
+{%- if cookiecutter.use_postgres %}
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+{%- else %}
 from contextlib import asynccontextmanager
+{%- endif %}
 from typing import Any
 
 {% if cookiecutter.use_postgres -%}
@@ -22,19 +27,19 @@ import asyncpg
 {% endif -%}
 import pytest
 import structlog
+{%- if cookiecutter.use_postgres %}
+from alembic import command
+from alembic.config import Config
+{%- endif %}
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 {%- endif %}
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
-{%- if cookiecutter.use_postgres %}
-from {{ cookiecutter.package_name }}.models import Base
-{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- if cookiecutter.use_http_client %}
 from tests.servers import upstream_server
@@ -48,6 +53,7 @@ RESOURCES: list[str] = {{ resources | tojson }}
 {%- if cookiecutter.use_postgres %}
 
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -59,9 +65,19 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+@contextmanager
+def alembic_config(database_url: str) -> Iterator[Config]:
+    """alembic.ini, for `alembic.command` functions to run against database_url."""
+    with pytest.MonkeyPatch.context() as patch:
+        # migrations/env.py reads DATABASE_URL, like the service.
+        patch.setenv("DATABASE_URL", database_url)
+        # Our logging stays as pytest set it up: env.py skips alembic.ini's logging section.
+        yield Config(ALEMBIC_INI, attributes={"configure_logger": False})
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """A database of this test run's own, with the schema created, dropped at the end."""
+    """A database of this test run's own, built by the migrations, dropped at the end."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin_dsn = asyncpg_dsn(ADMIN_DATABASE_URL)
     url = make_url(ADMIN_DATABASE_URL).set(drivername="postgresql+asyncpg", database=name)
@@ -73,10 +89,6 @@ def database_url() -> Iterator[str]:
             await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
-        engine = create_async_engine(url)
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-        await engine.dispose()
 
     async def drop() -> None:
         admin = await asyncpg.connect(admin_dsn)
@@ -87,6 +99,11 @@ def database_url() -> Iterator[str]:
 
     asyncio.run(create())
     try:
+        with alembic_config(url_text) as config:
+            # Down to nothing and up again: every downgrade must undo its upgrade.
+            command.upgrade(config, "head")
+            command.downgrade(config, "base")
+            command.upgrade(config, "head")
         yield url_text
     finally:
         asyncio.run(drop())

@@ -1,12 +1,14 @@
 {%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """Settings: bad or missing values stop the service with one line naming the variable."""
 
+import signal
 {% if secret_urls -%}
 from collections.abc import Callable
-
-{% endif -%}
+{% endif %}
 import pytest
+import uvicorn
 
+from {{ cookiecutter.package_name }}.__main__ import main
 {% if secret_urls -%}
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 {%- else -%}
@@ -52,15 +54,26 @@ def load_error(environment: pytest.MonkeyPatch) -> str:
 def test_the_environment_is_read(environment: pytest.MonkeyPatch) -> None:
     environment.setenv("PORT", "9001")
     environment.setenv("LOG_LEVEL", "debug")
+    environment.setenv("GRACEFUL_SHUTDOWN_TIMEOUT", "30")
 
     settings = load_settings()
 
-    assert (settings.port, settings.log_level) == (9001, "DEBUG")
+    assert (settings.port, settings.log_level, settings.graceful_shutdown_timeout) == (
+        9001,
+        "DEBUG",
+        30,
+    )
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("PORT", "eighty"), ("PORT", "70000"), ("LOG_FORMAT", "xml"), ("STARTUP_TIMEOUT", "0")],
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("LOG_FORMAT", "xml"),
+        ("STARTUP_TIMEOUT", "0"),
+        ("GRACEFUL_SHUTDOWN_TIMEOUT", "0"),
+    ],
 )
 def test_a_bad_value_names_the_variable(
     environment: pytest.MonkeyPatch, variable: str, value: str
@@ -68,6 +81,22 @@ def test_a_bad_value_names_the_variable(
     environment.setenv(variable, value)
 
     assert load_error(environment).startswith(f"invalid settings: {variable}: ")
+
+
+def test_python_m_hands_the_graceful_shutdown_timeout_to_uvicorn(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    environment.setenv("GRACEFUL_SHUTDOWN_TIMEOUT", "7")
+    runs: list[dict[str, object]] = []
+    environment.setattr(uvicorn, "run", lambda app, **options: runs.append(options))
+    # main() installs its SIGTERM handler; the test process keeps its own.
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+    assert [run["timeout_graceful_shutdown"] for run in runs] == [7]
 {%- if secret_urls %}
 
 

@@ -22,6 +22,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         lifespan="on",
+        timeout_graceful_shutdown=settings.graceful_shutdown_timeout,
         # main.py routes uvicorn's records into our log stream; the middleware logs each request.
         log_config=None,
         access_log=False,

@@ -5,11 +5,11 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 {%- endif %}
 {%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis %}
-{%- set pydantic_names = ["BeforeValidator", "Field"]
+{%- set pydantic_names = (["AfterValidator"] if secret_urls else [])
+    + ["BeforeValidator", "Field"]
     + (["HttpUrl"] if cookiecutter.use_http_client else [])
     + (["SecretStr"] if secret_urls else [])
-    + ["ValidationError"]
-    + (["field_validator"] if secret_urls else []) %}
+    + ["ValidationError"] %}
 
 from pydantic import {{ pydantic_names | join(", ") }}
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +23,36 @@ LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
 ]
+{%- if cookiecutter.use_postgres %}
+
+
+def _use_asyncpg_driver(value: SecretStr) -> SecretStr:
+    try:
+        url = make_url(value.get_secret_value())
+    except ArgumentError:
+        url = None
+    if url is None or url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        # Never echo the value: it may hold a password.
+        raise ValueError("must look like postgresql+asyncpg://user:password@host:5432/database")
+    asyncpg_url = url.set(drivername="postgresql+asyncpg")
+    return SecretStr(asyncpg_url.render_as_string(hide_password=False))
+
+
+# A type of its own so that the migrations read DATABASE_URL exactly as the service does.
+PostgresUrl = Annotated[SecretStr, AfterValidator(_use_asyncpg_driver)]
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+
+
+def _is_redis_url(value: SecretStr) -> SecretStr:
+    url = urlsplit(value.get_secret_value())
+    if url.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must look like redis://:password@host:6379/0")
+    return value
+
+
+RedisUrl = Annotated[SecretStr, AfterValidator(_is_redis_url)]
+{%- endif %}
 
 
 class Settings(BaseSettings):
@@ -36,11 +66,14 @@ class Settings(BaseSettings):
     startup_timeout: Seconds = 10.0
     # How long each resource may take to close before we give up on it.
     shutdown_timeout: Seconds = 5.0
+    # After SIGTERM, how long requests in flight may take to finish before uvicorn cancels them
+    # and the resources close. Whole seconds: uvicorn takes an int.
+    graceful_shutdown_timeout: int = Field(default=10, ge=1)
     # Per-resource limit of one /health/ready check.
     readiness_timeout: Seconds = 1.0
 {%- if cookiecutter.use_postgres %}
 
-    database_url: SecretStr
+    database_url: PostgresUrl
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
     # How long a request waits for a pooled connection.
@@ -48,7 +81,7 @@ class Settings(BaseSettings):
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 
-    redis_url: SecretStr
+    redis_url: RedisUrl
     redis_max_connections: int = Field(default=50, ge=1)
     redis_socket_timeout: Seconds = 2.0
 {%- endif %}
@@ -60,31 +93,6 @@ class Settings(BaseSettings):
     http_client_max_connections: int = Field(default=100, ge=1)
     http_client_max_keepalive_connections: int = Field(default=20, ge=0)
 {%- endif %}
-{%- if cookiecutter.use_postgres %}
-
-    @field_validator("database_url")
-    @classmethod
-    def _use_asyncpg_driver(cls, value: SecretStr) -> SecretStr:
-        try:
-            url = make_url(value.get_secret_value())
-        except ArgumentError:
-            url = None
-        if url is None or url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
-            # Never echo the value: it may hold a password.
-            raise ValueError("must look like postgresql+asyncpg://user:password@host:5432/database")
-        asyncpg_url = url.set(drivername="postgresql+asyncpg")
-        return SecretStr(asyncpg_url.render_as_string(hide_password=False))
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-
-    @field_validator("redis_url")
-    @classmethod
-    def _is_redis_url(cls, value: SecretStr) -> SecretStr:
-        url = urlsplit(value.get_secret_value())
-        if url.scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must look like redis://:password@host:6379/0")
-        return value
-{%- endif %}
 
 
 def load_settings() -> Settings:
@@ -92,7 +100,12 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])).upper()}: {error['msg']}" for error in exc.errors()
-        )
-        raise SystemExit(f"invalid settings: {problems}") from None
+        raise SystemExit(describe_invalid_settings(exc)) from None
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """One line naming every bad variable; never its value, which may hold a password."""
+    problems = "; ".join(
+        f"{'.'.join(map(str, error['loc'])).upper()}: {error['msg']}" for error in exc.errors()
+    )
+    return f"invalid settings: {problems}"

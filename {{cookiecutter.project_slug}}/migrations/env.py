@@ -1,0 +1,86 @@
+"""How Alembic reaches the database: DATABASE_URL, read as the service reads it, on asyncpg."""
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+from sqlalchemy import pool
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.package_name }}.models import Base
+from {{ cookiecutter.package_name }}.settings import (
+    PostgresUrl,
+    Settings,
+    describe_invalid_settings,
+)
+
+# What `alembic revision --autogenerate` and `alembic check` compare the database with.
+target_metadata = Base.metadata
+
+
+class MigrationSettings(BaseSettings):
+    """DATABASE_URL alone, from the environment or `.env`, validated by the service's own type.
+
+    Not `Settings()`: that would also demand every other required variable (REDIS_URL, ...),
+    which migrations never use.
+    """
+
+    model_config = Settings.model_config
+
+    database_url: PostgresUrl
+
+
+def database_url() -> URL:
+    try:
+        settings = MigrationSettings()
+    except ValidationError as exc:
+        # The default message would echo the value, password included.
+        raise SystemExit(describe_invalid_settings(exc)) from None
+    return make_url(settings.database_url.get_secret_value())
+
+
+def run_migrations_offline(url: URL) -> None:
+    """`alembic upgrade head --sql`: print the SQL instead of running it."""
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # A changed server default is a difference a revision must carry, like a changed type.
+        compare_server_default=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_migrations_online(url: URL) -> None:
+    # One connection for one run: nothing to pool.
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run_migrations)
+    finally:
+        await engine.dispose()
+
+
+config = context.config
+# The tests run the migrations in their own process and keep their logging as it is.
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name)
+
+if context.is_offline_mode():
+    run_migrations_offline(database_url())
+else:
+    asyncio.run(run_migrations_online(database_url()))
