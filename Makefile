@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 BUILD := build
 DEMO := $(BUILD)/my-service
 
-.PHONY: test test-fast bake demo clean
+.PHONY: test test-fast bake demo bench clean
 
 # The dev venv is rebuilt whenever requirements-dev.txt changes.
 $(VENV)/.installed: requirements-dev.txt
@@ -33,6 +33,11 @@ demo: bake
 	cd $(DEMO) && $(BIN)/uv pip install --python .venv/bin/python -e '.[dev]'
 	cp $(DEMO)/.env.example $(DEMO)/.env
 	cd $(DEMO) && exec .venv/bin/python -m my_service
+
+## Benchmark the all-on service against a bare app and the naive pattern (see README: Benchmarks).
+## BENCH_ARGS=--quick for a ~1 minute smoke run; --template-suite also times `make test`.
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache
