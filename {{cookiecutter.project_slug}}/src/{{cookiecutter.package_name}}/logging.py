@@ -2,37 +2,44 @@
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 import structlog
 from structlog.typing import Processor
+
+
+def _orjson_dumps(value: Any, **kwargs: Any) -> str:
+    return orjson.dumps(value, default=kwargs.get("default")).decode()
 
 
 def configure_logging(log_format: Literal["json", "console"], log_level: str) -> None:
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_format == "json":
         rendering: list[Processor] = [
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ]
     else:
         rendering = [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
 
+    # Our own events skip the standard library's machinery (log records, caller lookup,
+    # handlers): a line per request cannot afford it. They name themselves (resource.*, http.*).
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, *rendering],
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(log_level)),
         cache_logger_on_first_use=True,
     )
+    # Records of uvicorn, httpx, ... go through the same processors, to the same stream.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         )
     )

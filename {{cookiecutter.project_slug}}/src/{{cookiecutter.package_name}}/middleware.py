@@ -1,8 +1,8 @@
 """Request ids and one log line per request, as a pure ASGI middleware (no response buffering)."""
 
 import re
+import secrets
 import time
-import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
@@ -36,7 +36,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or secrets.token_hex(16)
         started = time.perf_counter()
         status_code: int | None = None
 
