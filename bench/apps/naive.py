@@ -9,11 +9,13 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable
-from typing import Literal
 
 import asyncpg
 import httpx
 from fastapi import FastAPI, HTTPException
+
+# The service's own response models: the same JSON, so only the connection handling differs.
+from my_service.api.health import Readiness, ResourceHealth
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -23,20 +25,6 @@ UPSTREAM_URL = os.environ["BENCH_UPSTREAM_URL"]
 CACHE_KEY = "cache:bench"
 
 app = FastAPI()
-
-Status = Literal["ok", "unavailable"]
-
-
-class ResourceHealth(BaseModel):
-    status: Status
-    latency_ms: float
-    error: str | None = None
-
-
-class Readiness(BaseModel):
-    status: Status
-    resources: dict[str, ResourceHealth]
-
 
 class Combined(BaseModel):
     db: int
