@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,13 @@ COMMANDS = {
     "python -m": [sys.executable, "-m", PACKAGE],
     "uvicorn": [sys.executable, "-m", "uvicorn", f"{PACKAGE}.main:app"],
 }
+# tests/slow_app.py (the app plus slow routes), served exactly as `python -m` serves the app.
+SLOW_APP = [
+    sys.executable,
+    "-c",
+    f"from {PACKAGE}.__main__ import main; main('tests.slow_app:app')",
+]
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -44,6 +54,7 @@ def service_env(
 ) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(PROJECT),  # for tests.slow_app
         "HOME": str(tmp_path),
         "PORT": str(free_port()),
         "LOG_FORMAT": "json",
@@ -60,29 +71,45 @@ def service_env(
     }
 
 
+@dataclass
+class Service:
+    process: subprocess.Popen[str]
+    # stdout goes to a file rather than a pipe: a test reads it while the service runs, and a
+    # full pipe can never block the service.
+    stdout: Path
+
+    def log(self) -> list[dict[str, Any]]:
+        """The complete JSON lines logged so far."""
+        text = self.stdout.read_text()
+        return json_lines(text[: text.rfind("\n") + 1])
+
+
 @contextmanager
-def running(how: str, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[str]]:
+def running(how: str, env: dict[str, str], cwd: Path) -> Iterator[Service]:
     # uvicorn's CLI takes the port as an option; `python -m` reads PORT from the settings.
     port_option = ["--port", env["PORT"]] if how == "uvicorn" else []
-    process = subprocess.Popen(
-        [*COMMANDS[how], *port_option],
-        env=env,
-        cwd=cwd,  # no .env file in reach
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = SLOW_APP if how == "slow app" else COMMANDS[how]
+    stdout = cwd / "stdout.log"
+    with stdout.open("w") as stdout_file:
+        process = subprocess.Popen(
+            [*command, *port_option],
+            env=env,
+            cwd=cwd,  # no .env file in reach
+            stdout=stdout_file,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
-        yield process
+        yield Service(process, stdout)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
 
 
-def wait_until_ready(process: subprocess.Popen[str], port: str) -> None:
+def wait_until_ready(service: Service, port: str) -> None:
     def ready() -> bool:
-        assert process.poll() is None, "the service exited during startup"
+        assert service.process.poll() is None, "the service exited during startup"
         try:
             return httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200
         except httpx.TransportError:
@@ -91,9 +118,13 @@ def wait_until_ready(process: subprocess.Popen[str], port: str) -> None:
     wait_until(ready, timeout=30, message="the service never became ready")
 
 
-def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    stdout, stderr = process.communicate(timeout=30)
-    return process.returncode, stdout, stderr
+def url(env: dict[str, str], path: str) -> str:
+    return f"http://127.0.0.1:{env['PORT']}{path}"
+
+
+def finish(service: Service) -> tuple[int, str, str]:
+    _, stderr = service.process.communicate(timeout=30)
+    return service.process.returncode, service.stdout.read_text(), stderr
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:
@@ -107,14 +138,14 @@ def json_lines(stdout: str) -> list[dict[str, Any]]:
 def test_serves_logs_json_and_stops_cleanly_on_sigterm(
     how: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    with running(how, service_env, tmp_path) as process:
-        wait_until_ready(process, service_env["PORT"])
+    with running(how, service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
         response = httpx.get(
             f"http://127.0.0.1:{service_env['PORT']}/health/live",
             headers={"X-Request-ID": "from-the-test"},
         )
-        process.send_signal(signal.SIGTERM)
-        returncode, stdout, stderr = finish(process)
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
 
     assert response.status_code == 200
     # uvicorn's own CLI re-raises SIGTERM after its graceful shutdown; `python -m` exits 0.
@@ -135,8 +166,8 @@ def test_a_bad_setting_stops_startup_with_one_line(
     how: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     service_env["LOG_FORMAT"] = "xml"
-    with running(how, service_env, tmp_path) as process:
-        returncode, _, stderr = finish(process)
+    with running(how, service_env, tmp_path) as service:
+        returncode, _, stderr = finish(service)
 
     assert returncode != 0
     assert stderr.strip().splitlines()[-1].startswith("invalid settings: LOG_FORMAT: ")
@@ -153,8 +184,8 @@ def test_an_unreachable_resource_stops_startup_with_a_nonzero_exit(
 {%- else %}
     service_env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
 {%- endif %}
-    with running(how, service_env, tmp_path) as process:
-        returncode, stdout, stderr = finish(process)
+    with running(how, service_env, tmp_path) as service:
+        returncode, stdout, stderr = finish(service)
 
     assert returncode != 0, stderr
     lines = json_lines(stdout)
@@ -177,20 +208,145 @@ def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: P
         for password in ("s3cret-redis", "s3cret-wrong"):
             service_env["REDIS_URL"] = f"redis://:{password}@127.0.0.1:{redis_server.port}/0"
             service_env["STARTUP_TIMEOUT"] = "1"
-            with running("python -m", service_env, tmp_path) as process:
+            with running("python -m", service_env, tmp_path) as service:
                 if password == "s3cret-redis":
-                    wait_until_ready(process, service_env["PORT"])
-                    process.send_signal(signal.SIGTERM)
-                outputs.append(finish(process))
+                    wait_until_ready(service, service_env["PORT"])
+                    service.process.send_signal(signal.SIGTERM)
+                outputs.append(finish(service))
     assert [returncode == 0 for returncode, _, _ in outputs] == [True, False]
 {%- else %}
-    with running("python -m", service_env, tmp_path) as process:
-        wait_until_ready(process, service_env["PORT"])
-        process.send_signal(signal.SIGTERM)
-        outputs.append(finish(process))
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        service.process.send_signal(signal.SIGTERM)
+        outputs.append(finish(service))
     assert outputs[0][0] == 0
 {%- endif %}
 
     for _, stdout, stderr in outputs:
         assert "s3cret" not in stdout + stderr
+{%- endif %}
+
+
+def events_of(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["event"] for line in lines]
+
+
+def test_sigterm_drains_the_requests_in_flight(service_env: dict[str, str], tmp_path: Path) -> None:
+    service_env |= {"DRAIN_SECONDS": "2", "GRACEFUL_SHUTDOWN_TIMEOUT": "5"}
+    readiness: list[httpx.Response] = []
+
+    def draining() -> bool:
+        readiness.append(httpx.get(url(service_env, "/health/ready")))
+        return readiness[-1].status_code == 503
+
+    with running("slow app", service_env, tmp_path) as service, ThreadPoolExecutor(3) as pool:
+        wait_until_ready(service, service_env["PORT"])
+        slow = [
+            pool.submit(httpx.get, url(service_env, "/test/slow?seconds=2.5"), timeout=15)
+            for _ in range(3)
+        ]
+        wait_until(
+            lambda: httpx.get(url(service_env, "/test/in-flight")).json() == 3,
+            timeout=10,
+            message="the slow requests never started",
+        )
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(draining, timeout=5, message="readiness never turned 503")
+        live_while_draining = httpx.get(url(service_env, "/health/live"))
+        answers = [future.result() for future in slow]
+        returncode, stdout, stderr = finish(service)
+        stopped_after = time.monotonic() - signalled
+
+    assert readiness[-1].json() == {"status": "draining", "resources": {}}
+    assert live_while_draining.status_code == 200
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert returncode == 0, stderr
+    assert stopped_after < 2 + 5
+    # Resources close only after the last request has been answered.
+    events = events_of(json_lines(stdout))
+    last_slow_request = max(
+        index
+        for index, line in enumerate(json_lines(stdout))
+        if line.get("path") == "/test/slow" and line["event"] == "http.request"
+    )
+    assert events.index("shutdown.draining") < last_slow_request < events.index("lifespan.stopping")
+    closed = [line["resource"] for line in json_lines(stdout) if line["event"] == "resource.closed"]
+    assert closed == RESOURCES[::-1]
+
+
+def test_a_stream_left_open_is_cut_at_the_graceful_shutdown_timeout(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env["GRACEFUL_SHUTDOWN_TIMEOUT"] = "1"
+    with (
+        running("slow app", service_env, tmp_path) as service,
+        httpx.Client(timeout=15) as client,
+    ):
+        wait_until_ready(service, service_env["PORT"])
+        with client.stream("GET", url(service_env, "/test/stream")) as stream:
+            # Held until the end: dropping the iterator would close the stream from our side.
+            ticks = stream.iter_lines()
+            assert next(ticks) == "tick"
+            signalled = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            returncode, stdout, stderr = finish(service)
+            stopped_after = time.monotonic() - signalled
+
+    assert returncode == 0, stderr
+    # It waited for the stream as long as GRACEFUL_SHUTDOWN_TIMEOUT allows, and not much longer.
+    assert 1 <= stopped_after < 1 + 3
+    events = events_of(json_lines(stdout))
+    assert "lifespan.stopped" in events
+    closed = [line["resource"] for line in json_lines(stdout) if line["event"] == "resource.closed"]
+    assert closed == RESOURCES[::-1]
+
+
+def test_each_worker_runs_a_lifespan_of_its_own(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env["WORKERS"] = "2"
+
+    def started_workers(service: Service) -> set[int]:
+        return {line["pid"] for line in service.log() if line["event"] == "lifespan.started"}
+
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until(
+            lambda: len(started_workers(service)) == 2,
+            timeout=30,
+            message="two workers never started",
+        )
+        assert httpx.get(url(service_env, "/health/ready")).status_code == 200
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
+
+    assert returncode == 0, stderr
+    lines = json_lines(stdout)
+    workers = {line["pid"] for line in lines if line["event"] == "lifespan.started"}
+    assert len(workers) == 2
+    assert service.process.pid not in workers  # nothing opened in the parent, before the fork
+    opened = [line["resource"] for line in lines if line["event"] == "resource.opened"]
+    closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
+    assert sorted(opened) == sorted(closed) == sorted(RESOURCES * 2)
+    assert events_of(lines).count("lifespan.stopped") == 2
+{%- if verified %}
+
+
+def test_a_worker_that_cannot_start_stops_the_whole_process(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env |= {"WORKERS": "2", "STARTUP_TIMEOUT": "1"}
+{%- if cookiecutter.use_postgres %}
+    service_env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+{%- else %}
+    service_env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+{%- endif %}
+    with running("python -m", service_env, tmp_path) as service:
+        returncode, stdout, _ = finish(service)
+
+    # Exits on its own with uvicorn's startup-failure status: no loop of restarted workers.
+    assert returncode == 3
+    events = events_of(json_lines(stdout))
+    assert events.count("resource.open_failed") >= 1
+    assert "lifespan.started" not in events
 {%- endif %}

@@ -1,14 +1,12 @@
 {%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """Settings: bad or missing values stop the service with one line naming the variable."""
 
-import signal
 {% if secret_urls -%}
 from collections.abc import Callable
-{% endif %}
-import pytest
-import uvicorn
 
-from {{ cookiecutter.package_name }}.__main__ import main
+{% endif -%}
+import pytest
+
 {% if secret_urls -%}
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 {%- else -%}
@@ -81,22 +79,6 @@ def test_a_bad_value_names_the_variable(
     environment.setenv(variable, value)
 
     assert load_error(environment).startswith(f"invalid settings: {variable}: ")
-
-
-def test_python_m_hands_the_graceful_shutdown_timeout_to_uvicorn(
-    environment: pytest.MonkeyPatch,
-) -> None:
-    environment.setenv("GRACEFUL_SHUTDOWN_TIMEOUT", "7")
-    runs: list[dict[str, object]] = []
-    environment.setattr(uvicorn, "run", lambda app, **options: runs.append(options))
-    # main() installs its SIGTERM handler; the test process keeps its own.
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    try:
-        main()
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-
-    assert [run["timeout_graceful_shutdown"] for run in runs] == [7]
 {%- if secret_urls %}
 
 
@@ -149,4 +131,19 @@ def test_postgres_urls_are_normalised_to_asyncpg(
     settings = make_settings(database_url=url)
 
     assert settings.database_url.get_secret_value() == "postgresql+asyncpg://app:pw@db:5432/app"
+
+
+def test_pools_beyond_the_connection_budget_are_refused(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("WORKERS", "4")
+    environment.setenv("DB_POOL_SIZE", "10")
+    environment.setenv("DB_MAX_OVERFLOW", "5")
+    environment.setenv("DB_CONNECTION_BUDGET", "59")
+
+    assert load_error(environment) == (
+        "invalid settings: Value error, WORKERS x (DB_POOL_SIZE + DB_MAX_OVERFLOW) = 60"
+        " database connections exceeds DB_CONNECTION_BUDGET = 59"
+    )
+
+    environment.setenv("DB_CONNECTION_BUDGET", "60")
+    assert load_settings().workers == 4
 {%- endif %}

@@ -1,10 +1,14 @@
-"""`python -m {{ cookiecutter.package_name }}`: serve the app with uvicorn on HOST:PORT."""
+"""`python -m {{ cookiecutter.package_name }}`: serve the app with uvicorn on HOST:PORT, in WORKERS processes."""
 
+import contextlib
 import signal
 from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
+from {{ cookiecutter.package_name }}.logging import configure_logging
 from {{ cookiecutter.package_name }}.settings import load_settings
 
 
@@ -12,21 +16,39 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def main() -> None:
+def main(app: str = "{{ cookiecutter.package_name }}.main:app") -> None:
     settings = load_settings()
-    # After a graceful shutdown uvicorn raises the signal it stopped on once more, under the
-    # handler that was there before it: this one, so that a clean stop on SIGTERM exits 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        "{{ cookiecutter.package_name }}.main:app",
+    configure_logging(settings.log_format, settings.log_level)
+    config = uvicorn.Config(
+        # An import string, not the app: each worker imports it, so nothing is opened before
+        # the fork and every worker runs a lifespan (and pools) of its own.
+        app,
         host=settings.host,
         port=settings.port,
+        workers=settings.workers,
         lifespan="on",
         timeout_graceful_shutdown=settings.graceful_shutdown_timeout,
         # main.py routes uvicorn's records into our log stream; the middleware logs each request.
         log_config=None,
         access_log=False,
     )
+    if settings.workers == 1:
+        # After a graceful shutdown uvicorn raises the signal it stopped on once more, under
+        # the handler that was there before it: this one, so that a clean stop exits 0.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has already stopped
+            server.run()
+        if not server.started:
+            raise SystemExit(STARTUP_FAILURE)
+        return
+
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    # uvicorn stops every worker when one fails to start, rather than restart it in a loop;
+    # the exit status has to say so.
+    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ from fastapi import FastAPI
 from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+from {{ cookiecutter.package_name }}.resources.lifecycle import (
+    ResourceUnavailableError,
+    respond_unavailable,
+)
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
@@ -19,6 +25,9 @@ def create_app(settings: Settings) -> FastAPI:
         title={{ cookiecutter.project_name | tojson }},
         description={{ cookiecutter.description | tojson }},
         lifespan=partial(lifespan, settings=settings),
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+        exception_handlers={ResourceUnavailableError: respond_unavailable},
+{%- endif %}
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)

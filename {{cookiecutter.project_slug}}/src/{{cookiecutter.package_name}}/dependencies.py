@@ -1,6 +1,6 @@
 """Typed dependencies that hand routes what the lifespan opened (via `request.state`)."""
 
-{% if cookiecutter.use_postgres -%}
+{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
 from collections.abc import AsyncIterator
 {% endif -%}
 from typing import Annotated, cast
@@ -16,7 +16,17 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 {%- endif %}
 
+{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
+from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, describe
+{% endif -%}
+{% if cookiecutter.use_postgres -%}
+from {{ cookiecutter.package_name }}.resources.postgres import is_outage as is_postgres_outage
+{% endif -%}
+{% if cookiecutter.use_redis -%}
+from {{ cookiecutter.package_name }}.resources.redis import is_outage as is_redis_outage
+{% endif -%}
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.shutdown import ShutdownState
 
 
 def _settings(request: Request) -> Settings:
@@ -24,6 +34,13 @@ def _settings(request: Request) -> Settings:
 
 
 AppSettings = Annotated[Settings, Depends(_settings)]
+
+
+def _shutdown(request: Request) -> ShutdownState:
+    return cast(ShutdownState, request.state.shutdown)
+
+
+Shutdown = Annotated[ShutdownState, Depends(_shutdown)]
 {%- if cookiecutter.use_postgres %}
 
 
@@ -38,8 +55,13 @@ async def _db_session(engine: Postgres) -> AsyncIterator[AsyncSession]:
     # Closing the session rolls back whatever was not committed, so a handler that raises
     # leaves nothing behind.
     async with AsyncSession(engine, expire_on_commit=False) as session:
-        yield session
-        await session.commit()
+        try:
+            yield session
+            await session.commit()
+        except Exception as exc:
+            if is_postgres_outage(exc):
+                raise ResourceUnavailableError("postgres", describe(exc)) from exc
+            raise
 
 
 # scope="function" commits when the handler returns and before the response is sent: a failed
@@ -49,8 +71,13 @@ DbSession = Annotated[AsyncSession, Depends(_db_session, scope="function")]
 {%- if cookiecutter.use_redis %}
 
 
-def _redis(request: Request) -> Redis:
-    return cast(Redis, request.state.redis)
+async def _redis(request: Request) -> AsyncIterator[Redis]:
+    try:
+        yield cast(Redis, request.state.redis)
+    except Exception as exc:
+        if is_redis_outage(exc):
+            raise ResourceUnavailableError("redis", describe(exc)) from exc
+        raise
 
 
 RedisClient = Annotated[Redis, Depends(_redis)]

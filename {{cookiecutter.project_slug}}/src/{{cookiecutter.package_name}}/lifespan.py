@@ -3,14 +3,11 @@
 
 {% if any_resource -%}
 import asyncio
+{% endif -%}
+import os
 import time
-{% endif -%}
 from collections.abc import AsyncIterator
-{% if any_resource -%}
 from contextlib import AsyncExitStack, asynccontextmanager
-{% else -%}
-from contextlib import asynccontextmanager
-{% endif -%}
 from typing import TypedDict
 
 {% if cookiecutter.use_http_client -%}
@@ -35,9 +32,8 @@ from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
 from {{ cookiecutter.package_name }}.resources.redis import open_redis
 {% endif -%}
 from {{ cookiecutter.package_name }}.settings import Settings
-{%- if any_resource %}
+from {{ cookiecutter.package_name }}.shutdown import ShutdownState, drain_on_sigterm
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
-{%- endif %}
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +42,7 @@ class State(TypedDict):
     """What the lifespan hands over: Starlette copies it into every `request.state`."""
 
     settings: Settings
+    shutdown: ShutdownState
 {%- if cookiecutter.use_postgres %}
     postgres: AsyncEngine
 {%- endif %}
@@ -59,32 +56,26 @@ class State(TypedDict):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
-{%- if any_resource %}
     started = time.perf_counter()
+{%- if any_resource %}
     deadline = asyncio.get_running_loop().time() + settings.startup_timeout
+{%- endif %}
     # The exit stack closes whatever opened, in reverse order, also when a later one fails.
-    async with AsyncExitStack() as resources:
+    async with AsyncExitStack() as stack:
         state: State = {
             "settings": settings,
+            "shutdown": await stack.enter_async_context(drain_on_sigterm(settings.drain_seconds)),
 {%- if cookiecutter.use_postgres %}
-            "postgres": await resources.enter_async_context(open_postgres(settings, deadline)),
+            "postgres": await stack.enter_async_context(open_postgres(settings, deadline)),
 {%- endif %}
 {%- if cookiecutter.use_redis %}
-            "redis": await resources.enter_async_context(open_redis(settings, deadline)),
+            "redis": await stack.enter_async_context(open_redis(settings, deadline)),
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
-            "http_client": await resources.enter_async_context(
-                open_http_client(settings, deadline)
-            ),
+            "http_client": await stack.enter_async_context(open_http_client(settings, deadline)),
 {%- endif %}
         }
-        log.info("lifespan.started", duration_ms=elapsed_ms(started))
+        log.info("lifespan.started", duration_ms=elapsed_ms(started), pid=os.getpid())
         yield state
         log.info("lifespan.stopping")
-{%- else %}
-    # Open shared resources here, each an async context manager entered on an AsyncExitStack.
-    log.info("lifespan.started")
-    yield {"settings": settings}
-    log.info("lifespan.stopping")
-{%- endif %}
     log.info("lifespan.stopped")

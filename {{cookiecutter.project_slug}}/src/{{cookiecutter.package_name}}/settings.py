@@ -9,9 +9,14 @@ from urllib.parse import urlsplit
     + ["BeforeValidator", "Field"]
     + (["HttpUrl"] if cookiecutter.use_http_client else [])
     + (["SecretStr"] if secret_urls else [])
-    + ["ValidationError"] %}
+    + ["ValidationError"]
+    + (["model_validator"] if cookiecutter.use_postgres else []) %}
 
-from pydantic import {{ pydantic_names | join(", ") }}
+from pydantic import (
+{%- for name in pydantic_names %}
+    {{ name }},
+{%- endfor %}
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import make_url
@@ -66,8 +71,13 @@ class Settings(BaseSettings):
     startup_timeout: Seconds = 10.0
     # How long each resource may take to close before we give up on it.
     shutdown_timeout: Seconds = 5.0
-    # After SIGTERM, how long requests in flight may take to finish before uvicorn cancels them
-    # and the resources close. Whole seconds: uvicorn takes an int.
+    # Worker processes of `python -m`; each runs its own lifespan and so its own pools.
+    workers: int = Field(default=1, ge=1)
+    # After SIGTERM, how long to keep serving with /health/ready at 503 so that load balancers
+    # stop sending new requests before the listener closes (0: close it at once).
+    drain_seconds: float = Field(default=0.0, ge=0)
+    # Then how long requests in flight may take to finish before uvicorn cancels them and the
+    # resources close. Whole seconds: uvicorn takes an int.
     graceful_shutdown_timeout: int = Field(default=10, ge=1)
     # Per-resource limit of one /health/ready check.
     readiness_timeout: Seconds = 1.0
@@ -76,8 +86,10 @@ class Settings(BaseSettings):
     database_url: PostgresUrl
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
-    # How long a request waits for a pooled connection.
+    # How long a request waits for a pooled connection before it gets a 503.
     db_pool_timeout: Seconds = 5.0
+    # The most connections this process may hold; see README "Operating it" for the sizing rule.
+    db_connection_budget: int = Field(default=50, ge=1)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 
@@ -92,6 +104,20 @@ class Settings(BaseSettings):
     http_client_connect_timeout: Seconds = 2.0
     http_client_max_connections: int = Field(default=100, ge=1)
     http_client_max_keepalive_connections: int = Field(default=20, ge=0)
+    # How long a call waits for a free connection when all are busy, before it gets a 503.
+    http_client_pool_timeout: Seconds = 1.0
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+
+    @model_validator(mode="after")
+    def _pools_fit_the_connection_budget(self) -> "Settings":
+        connections = self.workers * (self.db_pool_size + self.db_max_overflow)
+        if connections > self.db_connection_budget:
+            raise ValueError(
+                f"WORKERS x (DB_POOL_SIZE + DB_MAX_OVERFLOW) = {connections} database connections"
+                f" exceeds DB_CONNECTION_BUDGET = {self.db_connection_budget}"
+            )
+        return self
 {%- endif %}
 
 
@@ -105,7 +131,11 @@ def load_settings() -> Settings:
 
 def describe_invalid_settings(exc: ValidationError) -> str:
     """One line naming every bad variable; never its value, which may hold a password."""
-    problems = "; ".join(
-        f"{'.'.join(map(str, error['loc'])).upper()}: {error['msg']}" for error in exc.errors()
-    )
+    problems = "; ".join(_describe(error["loc"], error["msg"]) for error in exc.errors())
     return f"invalid settings: {problems}"
+
+
+def _describe(location: tuple[int | str, ...], message: str) -> str:
+    variable = ".".join(map(str, location)).upper()
+    # A rule across several variables has no location: its message names them.
+    return f"{variable}: {message}" if variable else message

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 {%- set dependencies = ["AppSettings"]
     + (["HttpClient"] if cookiecutter.use_http_client else [])
     + (["Postgres"] if cookiecutter.use_postgres else [])
-    + (["RedisClient"] if cookiecutter.use_redis else []) %}
+    + (["RedisClient"] if cookiecutter.use_redis else [])
+    + ["Shutdown"] %}
 
 from {{ cookiecutter.package_name }}.dependencies import {{ dependencies | join(", ") }}
 {%- if cookiecutter.use_http_client %}
@@ -33,7 +34,7 @@ Status = Literal["ok", "unavailable"]
 
 
 class Liveness(BaseModel):
-    status: Status
+    status: Literal["ok"]
 
 
 class ResourceHealth(BaseModel):
@@ -43,7 +44,8 @@ class ResourceHealth(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Status
+    # "draining": the process got SIGTERM and asks for no new requests.
+    status: Literal["ok", "unavailable", "draining"]
     resources: dict[str, ResourceHealth]
 
 
@@ -71,6 +73,7 @@ async def _check(ping: Callable[[], Awaitable[None]], limit_seconds: float) -> R
 async def ready(
     response: Response,
     settings: AppSettings,
+    shutdown: Shutdown,
 {%- if cookiecutter.use_postgres %}
     postgres: Postgres,
 {%- endif %}
@@ -81,6 +84,9 @@ async def ready(
     http_client: HttpClient,
 {%- endif %}
 ) -> Readiness:
+    if shutdown.draining:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return Readiness(status="draining", resources={})
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
     pings: dict[str, Callable[[], Awaitable[None]]] = {
 {%- if cookiecutter.use_postgres %}

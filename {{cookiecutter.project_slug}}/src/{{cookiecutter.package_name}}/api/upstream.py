@@ -1,12 +1,27 @@
 """Example outgoing call through the shared HTTP client (to HTTP_CLIENT_BASE_URL)."""
 
+from typing import Annotated
+
 import httpx
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from {{ cookiecutter.package_name }}.dependencies import AppSettings, HttpClient
 
 router = APIRouter(prefix="/upstream", tags=["upstream"])
+
+
+def _is_a_url_path(path: str) -> str:
+    try:
+        httpx.URL(f"/{path}")
+    except httpx.InvalidURL as exc:
+        # The client's mistake (control characters, "//host:port" that is no port, ...),
+        # so a 422 before any request goes out, not a 500 from inside the client.
+        raise ValueError(f"cannot be sent upstream: {exc}") from None
+    return path
+
+
+UpstreamPath = Annotated[str, AfterValidator(_is_a_url_path)]
 
 
 class UpstreamReply(BaseModel):
@@ -22,11 +37,16 @@ class UpstreamReply(BaseModel):
         status.HTTP_504_GATEWAY_TIMEOUT: {},
     },
 )
-async def call_upstream(path: str, client: HttpClient, settings: AppSettings) -> UpstreamReply:
+async def call_upstream(
+    path: UpstreamPath, client: HttpClient, settings: AppSettings
+) -> UpstreamReply:
     if settings.http_client_base_url is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "HTTP_CLIENT_BASE_URL is not set")
     try:
         reply = await client.get(f"/{path}")
+    except httpx.PoolTimeout:
+        # Every connection of the client is busy: shed load rather than queue without end.
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "upstream busy") from None
     except httpx.TimeoutException:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, "upstream timed out") from None
     except httpx.TransportError:

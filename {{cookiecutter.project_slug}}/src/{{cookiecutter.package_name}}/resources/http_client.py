@@ -30,7 +30,9 @@ async def open_http_client(settings: Settings, deadline: float) -> AsyncIterator
     client = httpx.AsyncClient(
         base_url=str(base_url) if base_url else "",
         timeout=httpx.Timeout(
-            settings.http_client_timeout, connect=settings.http_client_connect_timeout
+            settings.http_client_timeout,
+            connect=settings.http_client_connect_timeout,
+            pool=settings.http_client_pool_timeout,
         ),
         limits=httpx.Limits(
             max_connections=settings.http_client_max_connections,

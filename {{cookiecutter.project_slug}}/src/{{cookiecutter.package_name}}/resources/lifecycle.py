@@ -1,5 +1,6 @@
 """What every resource does the same way: verify with retries until the startup deadline, log its
-opening and closing, and close within a timeout without ever stopping the others from closing."""
+opening and closing, close within a timeout without ever stopping the others from closing, and
+turn an outage into a 503 for the requests that need it."""
 
 import asyncio
 import contextlib
@@ -10,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import structlog
+from fastapi import Request, status
+from fastapi.responses import JSONResponse
 
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
@@ -20,7 +23,21 @@ MAX_BACKOFF = 2.0
 
 
 class ResourceUnavailableError(RuntimeError):
-    """A resource could not be verified before the startup deadline."""
+    """A resource does not answer: at startup until the deadline, or while serving a request."""
+
+    def __init__(self, resource: str, reason: str) -> None:
+        super().__init__(f"{resource}: {reason}")
+        self.resource = resource
+
+
+async def respond_unavailable(request: Request, exc: ResourceUnavailableError) -> JSONResponse:
+    """The exception handler: a short 503 that a client may retry, never a 500 traceback."""
+    log.warning("resource.unavailable", resource=exc.resource, error=str(exc))
+    return JSONResponse(
+        {"detail": f"{exc.resource} is unavailable"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -48,8 +65,9 @@ async def verify_until(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ResourceUnavailableError(
-                    f"{resource}: not available within the startup timeout "
-                    f"after {attempt} attempts: {describe(exc)}"
+                    resource,
+                    f"not available within the startup timeout after {attempt} attempts: "
+                    f"{describe(exc)}",
                 ) from None
             backoff = random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2**attempt))  # noqa: S311
             await asyncio.sleep(min(backoff, remaining))

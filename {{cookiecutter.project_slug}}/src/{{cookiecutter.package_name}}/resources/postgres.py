@@ -6,15 +6,34 @@ from functools import partial
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
 from {{ cookiecutter.package_name }}.settings import Settings
 
+# A server that answers but will not serve: shutting down, crashed, starting up, full.
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+
 
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot serve right now (down, restarting, every pooled
+    connection busy) rather than that a query is wrong, which stays a 500."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        return (
+            exc.connection_invalidated
+            or sqlstate.startswith("08")  # connection exceptions
+            or sqlstate in _UNAVAILABLE_SQLSTATES
+        )
+    # asyncpg raises plain OSError (refused, reset) and TimeoutError while it connects.
+    return isinstance(exc, OSError | TimeoutError | PoolTimeoutError)
 
 
 @asynccontextmanager

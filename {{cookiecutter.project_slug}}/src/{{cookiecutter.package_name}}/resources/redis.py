@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -15,6 +17,11 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 async def ping(client: Redis) -> None:
     await client.ping()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says Redis cannot serve right now (after the client's own retries)."""
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
 
 
 @asynccontextmanager
