@@ -5,12 +5,12 @@ import secrets
 import time
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_RAW_REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
 # Incoming ids are echoed and logged, so only short, printable ones are trusted.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == _RAW_REQUEST_ID_HEADER:
             request_id = value.decode("latin-1")
             return request_id if _VALID_REQUEST_ID.fullmatch(request_id) else None
     return None
@@ -39,40 +39,40 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope) or secrets.token_hex(16)
         started = time.perf_counter()
         status_code: int | None = None
+        request_id_header = (_RAW_REQUEST_ID_HEADER, request_id.encode("latin-1"))
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
-        # bound_contextvars restores the previous context on exit, so the id cannot leak
-        # into the next request served by this task.
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_request_id)
-            except Exception:
-                # Logged here, where the request id is bound, and answered here so that even
-                # a 500 carries the id the client can quote.
-                log.exception("http.unhandled_error")
-                if status_code is not None:
-                    raise  # the response has started: only dropping the connection is left
-                await send_with_request_id(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send_with_request_id(
-                    {"type": "http.response.body", "body": _INTERNAL_ERROR_BODY}
-                )
-            finally:
-                log.info(
-                    "http.request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status_code,
-                    duration_ms=elapsed_ms(started),
-                )
+        # Reset on the way out, so that the id cannot leak into the next request served by
+        # this task. (Tokens, unlike bound_contextvars(), do not copy the whole context.)
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            # Logged here, where the request id is bound, and answered here so that even a 500
+            # carries the id the client can quote.
+            log.exception("http.unhandled_error")
+            if status_code is not None:
+                raise  # the response has started: only dropping the connection is left
+            await send_with_request_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send_with_request_id({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
+        finally:
+            log.info(
+                "http.request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status_code,
+                duration_ms=elapsed_ms(started),
+            )
+            structlog.contextvars.reset_contextvars(**tokens)
