@@ -70,7 +70,9 @@ QUICK = Mode(rounds=2, seconds=2, warmup_seconds=1, startup_runs=3)
 @dataclass(frozen=True)
 class Endpoint:
     key: str
-    app: str  # "service", "bare", "naive", or "raw": the plain asyncio loop, not served
+    # "service", "quiet" (the service with LOG_LEVEL=WARNING: no request log), "bare", "naive",
+    # or "raw": the plain asyncio loop, not served
+    app: str
     path: str
     description: str
 
@@ -80,6 +82,12 @@ class Endpoint:
 ENDPOINTS = [
     Endpoint("bare.live", "bare", "/health/live", "bare FastAPI app, GET /health/live"),
     Endpoint("service.live", "service", "/health/live", "service, GET /health/live"),
+    Endpoint(
+        "quiet.live",
+        "quiet",
+        "/health/live",
+        "service without its request log line (LOG_LEVEL=WARNING), GET /health/live",
+    ),
     Endpoint(
         "service.ready", "service", "/health/ready", "service, GET /health/ready (3 resources)"
     ),
@@ -237,9 +245,10 @@ def serve_and_load(
     urls = {app: f"http://127.0.0.1:{port}" for app, port in ports.items()}
     # The upstream is not under test: a plain ASGI app without lifespan.
     started = {}
-    for app in ("upstream", "service", "bare", "naive"):
+    for app in ("upstream", "service", "quiet", "bare", "naive"):
         lifespan = "off" if app == "upstream" else "on"
-        argv: list[str | Path] = [uvicorn, f"{app}:app", "--app-dir", APPS]
+        module = "service" if app == "quiet" else app
+        argv: list[str | Path] = [uvicorn, f"{module}:app", "--app-dir", APPS]
         argv += ["--port", str(ports[app])]
         started[app] = group.start(
             app, [*argv, "--lifespan", lifespan, *UVICORN], env=envs.get(app, {}), cwd=project
@@ -395,6 +404,9 @@ def evaluate(
     codes = sorted(set(startup.exit_codes))
     checks = [
         rps_ratio("/health/live: service / bare app", "service.live", "bare.live", 0.95),
+        rps_ratio(
+            "/health/live without the request log line / bare app", "quiet.live", "bare.live", None
+        ),
         rps_ratio("/health/ready: service / naive", "service.ready", "naive.ready", 10),
         lower_p99("/health/ready p99: service vs naive", "service.ready", "naive.ready"),
         rps_ratio("combined route: service / naive", "service.combined", "naive.combined", 10),
@@ -537,7 +549,7 @@ def main() -> None:
 
     admin(python, "create-db", admin_dsn, DB_NAME)
     try:
-        ports = {app: free_port() for app in ("upstream", "service", "bare", "naive")}
+        ports = {app: free_port() for app in ("upstream", "service", "quiet", "bare", "naive")}
         upstream = f"http://127.0.0.1:{ports['upstream']}"
         service_env = {
             "DATABASE_URL": bench_dsn,
@@ -555,7 +567,8 @@ def main() -> None:
         with processes(logs) as group:
             print(f"startup and shutdown: {mode.startup_runs} starts of python -m {PACKAGE}")
             startup = measure_startup(group, python, project, service_env, mode.startup_runs)
-            envs = {"service": service_env, "naive": naive_env}
+            quiet_env = service_env | {"LOG_LEVEL": "WARNING"}
+            envs = {"service": service_env, "quiet": quiet_env, "naive": naive_env}
             served = serve_and_load(
                 group, python, project, envs, ports, wrk, args.connections, mode
             )
