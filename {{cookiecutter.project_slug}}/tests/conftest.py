@@ -32,8 +32,13 @@ from alembic import command
 from alembic.config import Config
 {%- endif %}
 from asgi_lifespan import LifespanManager
+from blockbuster import BlockBuster, blockbuster_ctx
 from fastapi import FastAPI
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+from httpx import ASGITransport, AsyncClient, Response
+{%- else %}
 from httpx import ASGITransport, AsyncClient
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import make_url
 {%- endif %}
@@ -147,6 +152,33 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+# Where a blocking call inside the event loop is deliberate: (file, functions on the stack).
+BLOCKING_ALLOWED_IN: list[tuple[str, set[str]]] = [
+    # Logging an exception renders its traceback, which reads source files (cached by linecache).
+    ("structlog/tracebacks.py", {"extract"}),
+    ("structlog/dev.py", {"__call__"}),
+    # FastAPI looks an endpoint's source file up once, to name it in error messages.
+    ("fastapi/routing.py", {"_extract_endpoint_context"}),
+{%- if cookiecutter.use_postgres %}
+    # asyncpg, like libpq, looks for ~/.pgpass and ~/.postgresql/ certificates per new connection.
+    ("asyncpg/connect_utils.py", {"_parse_connect_dsn_and_args"}),
+    # Alembic is a one-shot command: its event loop serves nothing while it reads revisions.
+    ("migrations/env.py", {"run_migrations"}),
+{%- endif %}
+]
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test in which a blocking call (time.sleep, file or socket I/O, ...) runs inside
+    the event loop, where it would stall every other request."""
+    with blockbuster_ctx() as detector:
+        for function in detector.functions.values():
+            for filename, functions in BLOCKING_ALLOWED_IN:
+                function.can_block_in(filename, functions)
+        yield detector
+
+
 @pytest.fixture
 def events() -> Iterator[list[EventDict]]:
     """The structlog events logged during the test, as dicts."""
@@ -178,3 +210,18 @@ async def app(settings: Settings) -> FastAPI:
 async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
     async with serve(app) as client:
         yield client
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+
+
+def assert_answered_unavailable(
+    responses: list[Response], events: list[EventDict], resource: str
+) -> None:
+    """Each response is the short 503 of an outage of `resource`, each logged as a warning."""
+    for response in responses:
+        assert response.status_code == 503
+        assert response.json() == {"detail": f"{resource} is unavailable"}
+        assert response.headers["Retry-After"] == "1"
+    unavailable = [e for e in events if e["event"] == "resource.unavailable"]
+    logged = [(e["resource"], e["log_level"]) for e in unavailable]
+    assert logged == [(resource, "warning")] * len(responses)
+{%- endif %}

@@ -1,16 +1,23 @@
-"""Real local servers for the tests: an upstream HTTP server, and private Redis servers that a
-test may stop (by pid) to cause a real outage."""
+"""Real local servers for the tests: an upstream HTTP server, and private Redis and PostgreSQL
+servers that a test may stop (by pid) to cause a real outage and start again to end it."""
 
+import asyncio
 import json
+import os
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import httpx
 import pytest
 
 
@@ -28,6 +35,38 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, message: str) -
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s: {message}")
         time.sleep(0.02)
+
+
+async def async_wait_until(
+    condition: Callable[[], Awaitable[bool]], *, within: float, message: str
+) -> float:
+    """Await `condition()` until it is true and return the seconds that took; fail the test with
+    `message` if that takes longer than `within` seconds."""
+    started = time.monotonic()
+    while not await condition():
+        if time.monotonic() - started > within:
+            pytest.fail(f"timed out after {within}s: {message}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def answers(
+    client: httpx.AsyncClient, path: str, status_code: int
+) -> Callable[[], Awaitable[bool]]:
+    """A condition for `async_wait_until`: GET `path` answers `status_code`."""
+
+    async def condition() -> bool:
+        return (await client.get(path)).status_code == status_code
+
+    return condition
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
@@ -81,9 +120,11 @@ def private_redis(*, password: str | None = None) -> Iterator["PrivateRedis"]:
 
 
 class PrivateRedis:
+    process: "subprocess.Popen[bytes]"
+
     def __init__(self, binary: str, port: int, password: str | None) -> None:
         self.port = port
-        command = [
+        self._command = [
             binary,
             "--port",
             str(port),
@@ -95,18 +136,110 @@ class PrivateRedis:
             "no",
         ]
         if password is not None:
-            command += ["--requirepass", password]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_until(self._accepts_connections, timeout=10, message=f"redis-server on port {port}")
+            self._command += ["--requirepass", password]
+        self.start()
 
-    def _accepts_connections(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
+    def start(self) -> None:
+        """Start the server, also again after `stop`: same port, but no data (nothing is saved)."""
+        self.process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
+        wait_until(
+            lambda: _accepts_connections(self.port),
+            timeout=10,
+            message=f"redis-server on port {self.port}",
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+@contextmanager
+def private_postgres() -> Iterator["PrivatePostgres"]:
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server programs not found (pg_config --bindir, /usr/lib/postgresql/*/bin):"
+            " cannot start a private PostgreSQL"
+        )
+    user = _postgres_user()
+    # Not pytest's tmp_path: its parents are private to the user running the tests, and the
+    # server may run as another user.
+    with tempfile.TemporaryDirectory(prefix="private-postgres-") as directory:
+        server = PrivatePostgres(bin_dir, Path(directory), free_port(), user)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _postgres_bin_dir() -> Path | None:
+    """Where `initdb` and `postgres` are: pg_config says, else the Debian and Ubuntu layout."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        reply = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
+        candidates.insert(0, Path(reply.stdout.strip()))
+    # pg_config may come with the client library alone, without the server programs.
+    return next((path for path in candidates if (path / "postgres").is_file()), None)
+
+
+def _postgres_user() -> str | None:
+    """Whom to run the PostgreSQL programs as: PostgreSQL refuses to run as root (a compromised
+    server would own the machine), and tests in containers often run as root; so then as the
+    `postgres` system user. None: as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root without a postgres user: cannot start a private PostgreSQL")
+    return "postgres"
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own in `directory`: trust authentication, user and database
+    `postgres`, and durability traded for speed (no fsync), as only tests use it."""
+
+    process: "subprocess.Popen[bytes]"
+
+    def __init__(self, bin_dir: Path, directory: Path, port: int, user: str | None) -> None:
+        self.port = port
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+        self._bin_dir = bin_dir
+        self._user = user
+        self._log = directory / "postgres.log"
+        data = str(directory / "data")
+        if user is not None:
+            # initdb creates the data directory in it, and the server its socket and log.
+            shutil.chown(directory, user, user)
+        initdb = [str(bin_dir / "initdb"), "-D", data, "--auth=trust", "--username=postgres"]
+        initdb += ["--no-sync", "--encoding=UTF8", "--locale=C"]
+        subprocess.run(initdb, check=True, stdout=subprocess.DEVNULL, user=user)
+        sockets = str(directory)  # not /var/run/postgresql: it may be missing, or not ours
+        self._command = [str(bin_dir / "postgres"), "-D", data, "-p", str(port), "-k", sockets]
+        self._command += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        self.start()
+
+    def start(self) -> None:
+        """Start the server, also again after `stop`: same port, same data."""
+        with self._log.open("ab") as log:
+            self.process = subprocess.Popen(self._command, stderr=log, user=self._user)
+        wait_until(self._ready, timeout=30, message=f"postgres on port {self.port}")
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            log = self._log.read_text(errors="replace")[-2000:]
+            pytest.fail(f"postgres on port {self.port} exited:\n{log}")
+        ready = [str(self._bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(ready, check=False).returncode == 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # PostgreSQL's fast shutdown: it ends every session at once, then exits cleanly.
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=30)

@@ -1,6 +1,9 @@
-"""The shared HTTP client: calls the upstream, carries the request id, maps upstream failures."""
+"""The shared HTTP client: calls the upstream, carries the request id, maps upstream failures,
+and neither waits on a hung upstream nor queues beyond its connection limit."""
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 
 from httpx import AsyncClient
@@ -8,7 +11,7 @@ from httpx import AsyncClient
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import serve
-from tests.servers import free_port
+from tests.servers import free_port, silent_server
 
 
 async def test_the_upstream_is_called_with_the_request_id(client: AsyncClient) -> None:
@@ -38,3 +41,41 @@ async def test_without_a_base_url_the_route_is_a_503(
         response = await client.get("/upstream/anything")
 
     assert response.status_code == 503
+
+
+async def test_a_hung_upstream_is_a_504_within_the_timeout(
+    make_settings: Callable[..., Settings],
+) -> None:
+    timeout = 0.5
+    with silent_server() as port:
+        settings = make_settings(
+            http_client_base_url=f"http://127.0.0.1:{port}", http_client_timeout=timeout
+        )
+        async with serve(create_app(settings)) as client:
+            started = time.monotonic()
+            response = await client.get("/upstream/anything")
+            seconds = time.monotonic() - started
+
+    assert response.status_code == 504
+    assert timeout - 0.05 <= seconds < timeout + 1
+
+
+async def test_calls_beyond_the_connection_limit_are_503s_not_a_queue(
+    make_settings: Callable[..., Settings],
+) -> None:
+    connections, calls, timeout = 2, 6, 1.0
+    with silent_server() as port:
+        settings = make_settings(
+            http_client_base_url=f"http://127.0.0.1:{port}",
+            http_client_timeout=timeout,
+            http_client_max_connections=connections,
+            http_client_pool_timeout=0.2,
+        )
+        async with serve(create_app(settings)) as client, asyncio.timeout(timeout + 5):
+            responses = await asyncio.gather(
+                *(client.get(f"/upstream/{call}") for call in range(calls))
+            )
+
+    statuses = sorted(response.status_code for response in responses)
+    # The calls that got a connection wait for the hung upstream; the others are shed at once.
+    assert statuses == [503] * (calls - connections) + [504] * connections

@@ -1,18 +1,43 @@
-"""PostgreSQL: one session per request, committed before the response, rolled back on error."""
+"""PostgreSQL: one session per request, committed before the response, rolled back on error;
+outages are 503s that end without a restart, and the pool is bounded and never leaks."""
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
+import httpx
 import pytest
+import uvicorn
+from alembic import command
 from fastapi import FastAPI, HTTPException
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from structlog.typing import EventDict
 
+from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import DbSession, Postgres
 from {{ cookiecutter.package_name }}.models import Note
-from tests.conftest import ADMIN_DATABASE_URL, asyncpg_dsn
+from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import (
+    ADMIN_DATABASE_URL,
+    alembic_config,
+    assert_answered_unavailable,
+    asyncpg_dsn,
+    serve,
+)
+from tests.servers import (
+    PrivatePostgres,
+    answers,
+    async_wait_until,
+    free_port,
+    private_postgres,
+)
+
+UNAVAILABLE = {"detail": "postgres is unavailable"}
 
 
 @pytest.fixture
@@ -23,6 +48,52 @@ async def database(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this module's own, with the schema, that tests stop and start."""
+    with private_postgres() as server:
+        with alembic_config(server.url) as config:
+            command.upgrade(config, "head")
+        yield server
+
+
+@pytest.fixture
+def stoppable_server(private_server: PrivatePostgres) -> Iterator[PrivatePostgres]:
+    """The private server, running again after the test whatever the test did."""
+    yield private_server
+    if not private_server.running:
+        private_server.start()
+
+
+def add_test_routes(app: FastAPI) -> FastAPI:
+    """Routes that hold a pooled connection for a while, and count the pool's connections."""
+
+    @app.get("/test/hold")
+    async def hold(session: DbSession, seconds: float) -> None:
+        await session.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": seconds})
+
+    @app.get("/test/checked-out")
+    async def checked_out(engine: Postgres) -> int:
+        connections: int = engine.pool.checkedout()  # type: ignore[attr-defined]
+        return connections
+
+    @app.get("/test/checked-in")
+    async def checked_in(engine: Postgres) -> int:
+        connections: int = engine.pool.checkedin()  # type: ignore[attr-defined]
+        return connections
+
+    return app
+
+
+async def idle_in_transaction(database: asyncpg.Connection) -> int:
+    """Sessions of the test database that a transaction left open: a leaked connection."""
+    sessions: int = await database.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+    )
+    return sessions
 
 
 async def test_a_note_is_created_and_read_back(client: AsyncClient) -> None:
@@ -90,21 +161,14 @@ async def test_a_failing_commit_is_a_500_not_a_success(
 async def test_sessions_are_closed_and_no_transaction_is_left_open(
     app: FastAPI, client: AsyncClient, database: asyncpg.Connection
 ) -> None:
-    @app.get("/test/checked-out")
-    async def checked_out(engine: Postgres) -> int:
-        pool_status: int = engine.pool.checkedout()  # type: ignore[attr-defined]
-        return pool_status
+    add_test_routes(app)
 
     for _ in range(5):
         await client.post("/notes", json={"text": "x"})
         await client.get("/notes/999999999")
 
     assert (await client.get("/test/checked-out")).json() == 0
-    idle_in_transaction = await database.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
-    )
-    assert idle_in_transaction == 0
+    assert await idle_in_transaction(database) == 0
 
 
 async def test_readiness_follows_the_database(client: AsyncClient, database_url: str) -> None:
@@ -128,3 +192,157 @@ async def test_readiness_follows_the_database(client: AsyncClient, database_url:
     assert down.json()["resources"]["postgres"]["status"] == "unavailable"
     assert live.status_code == 200
     assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_an_outage_is_a_503_and_the_service_recovers_without_a_restart(
+    stoppable_server: PrivatePostgres,
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+) -> None:
+    settings = make_settings(database_url=stoppable_server.url)
+    async with serve(create_app(settings)) as client:
+        note = (await client.post("/notes", json={"text": "before"})).json()
+        assert (await client.get(f"/notes/{note['id']}")).status_code == 200
+
+        await asyncio.to_thread(stoppable_server.stop)
+        await async_wait_until(
+            answers(client, "/health/ready", 503), within=5, message="readiness stayed 200"
+        )
+        live = await client.get("/health/live")
+        read = await client.get(f"/notes/{note['id']}")
+        written = await client.post("/notes", json={"text": "during"})
+
+        # Same port, same data, same app: the pool reconnects by itself.
+        await asyncio.to_thread(stoppable_server.start)
+        after = [
+            await client.get(f"/notes/{note['id']}"),
+            await client.post("/notes", json={"text": "after"}),
+            await client.get("/health/ready"),
+        ]
+
+    assert live.status_code == 200
+    assert_answered_unavailable([read, written], events, "postgres")
+    assert [response.status_code for response in after] == [200, 201, 200]
+    assert after[0].json() == note
+
+
+async def test_a_query_the_shutdown_cuts_off_is_a_503(
+    stoppable_server: PrivatePostgres, make_settings: Callable[..., Settings]
+) -> None:
+    app = create_app(make_settings(database_url=stoppable_server.url))
+    querying = asyncio.Event()
+
+    @app.get("/test/long-query")
+    async def long_query(session: DbSession) -> None:
+        await session.execute(text("SELECT 1"))
+        querying.set()
+        await session.execute(text("SELECT pg_sleep(10)"))
+
+    async with serve(app) as client:
+        request = asyncio.create_task(client.get("/test/long-query"))
+        async with asyncio.timeout(5):
+            await querying.wait()
+        await asyncio.to_thread(stoppable_server.stop)
+        async with asyncio.timeout(5):
+            response = await request
+
+    assert response.status_code == 503
+    assert response.json() == UNAVAILABLE
+
+
+async def test_connections_a_restart_dropped_never_reach_a_request(
+    stoppable_server: PrivatePostgres, make_settings: Callable[..., Settings]
+) -> None:
+    pooled = 4
+    settings = make_settings(database_url=stoppable_server.url, db_pool_size=pooled)
+    async with serve(add_test_routes(create_app(settings))) as client:
+        # Fill the pool: requests that overlap each hold a connection of their own.
+        await asyncio.gather(*(client.get("/test/hold?seconds=0.2") for _ in range(pooled)))
+        assert (await client.get("/test/checked-in")).json() == pooled
+
+        # A restart between requests: every pooled connection is now one the server dropped.
+        await asyncio.to_thread(stoppable_server.stop)
+        await asyncio.to_thread(stoppable_server.start)
+        after = await asyncio.gather(*(client.get("/notes/999999999") for _ in range(pooled)))
+
+    assert [response.status_code for response in after] == [404] * pooled
+
+
+async def test_a_full_pool_answers_503_rather_than_queueing(
+    make_settings: Callable[..., Settings], database: asyncpg.Connection
+) -> None:
+    pool_timeout, hold_seconds, requests = 0.5, 1.0, 20
+    settings = make_settings(db_pool_size=1, db_max_overflow=0, db_pool_timeout=pool_timeout)
+
+    async with serve(add_test_routes(create_app(settings))) as client:
+
+        async def timed_hold() -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            response = await client.get(f"/test/hold?seconds={hold_seconds}")
+            return response, time.monotonic() - started
+
+        async with asyncio.timeout(pool_timeout + hold_seconds + 5):
+            results = await asyncio.gather(*(timed_hold() for _ in range(requests)))
+        checked_out = (await client.get("/test/checked-out")).json()
+
+    # The one pooled connection serves a request; the others wait pool_timeout, no longer.
+    assert {response.status_code for response, _ in results} == {200, 503}
+    for response, seconds in results:
+        assert seconds < pool_timeout + hold_seconds + 1
+        if response.status_code == 503:
+            assert response.json() == UNAVAILABLE
+    assert checked_out == 0
+    assert await idle_in_transaction(database) == 0
+
+
+@asynccontextmanager
+async def serve_on_a_socket(app: FastAPI) -> AsyncIterator[int]:
+    """Serve `app` with uvicorn on a real port, in this event loop; yields the port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if serving.done():
+            serving.result()  # raises what stopped it
+            pytest.fail("uvicorn stopped before it started")
+        return server.started
+
+    try:
+        await async_wait_until(started, within=10, message="uvicorn never started")
+        yield port
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_a_client_that_disconnects_leaves_no_connection_checked_out(
+    settings: Settings, database: asyncpg.Connection
+) -> None:
+    app = add_test_routes(create_app(settings))
+    holding = asyncio.Event()
+
+    @app.get("/test/hold-and-signal")
+    async def hold_and_signal(session: DbSession) -> None:
+        await session.execute(text("SELECT 1"))
+        holding.set()
+        await session.execute(text("SELECT pg_sleep(0.5)"))
+
+    async with (
+        serve_on_a_socket(app) as port,
+        AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /test/hold-and-signal HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            await holding.wait()
+        # Gone before the answer, with the request's connection checked out.
+        writer.close()
+        await writer.wait_closed()
+
+        async def released() -> bool:
+            checked_out = (await client.get("/test/checked-out")).json()
+            return checked_out == 0 and await idle_in_transaction(database) == 0
+
+        await async_wait_until(released, within=5, message="a connection stayed checked out")

@@ -2,7 +2,9 @@
 
 from functools import partial
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 {%- set routers = (["cache"] if cookiecutter.use_redis else [])
     + ["health"]
     + (["notes"] if cookiecutter.use_postgres else [])
@@ -20,14 +22,24 @@ from {{ cookiecutter.package_name }}.resources.lifecycle import (
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without the input it would echo: that may hold what should not be sent
+    back, and may not even encode (a lone surrogate in the JSON made the default a 500)."""
+    errors = [{"type": e["type"], "loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title={{ cookiecutter.project_name | tojson }},
         description={{ cookiecutter.description | tojson }},
         lifespan=partial(lifespan, settings=settings),
+        exception_handlers={
+            RequestValidationError: _invalid_request,
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
-        exception_handlers={ResourceUnavailableError: respond_unavailable},
+            ResourceUnavailableError: respond_unavailable,
 {%- endif %}
+        },
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)

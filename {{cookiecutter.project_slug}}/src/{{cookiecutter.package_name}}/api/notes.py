@@ -1,8 +1,9 @@
 """Example PostgreSQL routes: one session per request, committed before the response is sent."""
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from {{ cookiecutter.package_name }}.dependencies import DbSession
@@ -10,9 +11,14 @@ from {{ cookiecutter.package_name }}.models import Note
 
 router = APIRouter(prefix="/notes", tags=["notes"])
 
+# The id column is a PostgreSQL integer: a larger number could never be found, and the driver
+# would fail on it rather than the lookup.
+NoteId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
 
 class NoteIn(BaseModel):
-    text: str = Field(min_length=1, max_length=1000)
+    # PostgreSQL text cannot hold the NUL character.
+    text: str = Field(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")
 
 
 class NoteOut(BaseModel):
@@ -32,7 +38,7 @@ async def create_note(body: NoteIn, session: DbSession) -> NoteOut:
 
 
 @router.get("/{note_id}", responses={status.HTTP_404_NOT_FOUND: {}})
-async def get_note(note_id: int, session: DbSession) -> NoteOut:
+async def get_note(note_id: NoteId, session: DbSession) -> NoteOut:
     note = await session.get(Note, note_id)
     if note is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "note not found")

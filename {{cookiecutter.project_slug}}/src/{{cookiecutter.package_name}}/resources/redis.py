@@ -5,6 +5,8 @@ from contextlib import asynccontextmanager
 from functools import partial
 from urllib.parse import urlsplit
 
+import redis
+from redis import DriverInfo
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -37,6 +39,9 @@ async def open_redis(settings: Settings, deadline: float) -> AsyncIterator[Redis
         # its connection, so a Redis restart costs a request at most ~0.3 s, not an error.
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=2),
         health_check_interval=30,
+        # Given its version, redis-py does not look it up in the package metadata (blocking
+        # file reads on the event loop) for every new connection.
+        driver_info=DriverInfo(lib_version=redis.__version__),
     )
     parts = urlsplit(url)
     async with lifecycle(
