@@ -163,9 +163,10 @@ def private_postgres() -> Iterator["PrivatePostgres"]:
             " cannot start a private PostgreSQL"
         )
     user = _postgres_user()
-    # Not pytest's tmp_path: its parents are private to the user running the tests, and the
-    # server may run as another user.
-    with tempfile.TemporaryDirectory(prefix="private-postgres-") as directory:
+    # Not pytest's tmp_path, nor TMPDIR when running as root: their parents may be private to
+    # root, and the server then runs as the postgres user. /tmp is open to every user.
+    base = None if user is None else "/tmp"  # noqa: S108
+    with tempfile.TemporaryDirectory(prefix="private-postgres-", dir=base) as directory:
         server = PrivatePostgres(bin_dir, Path(directory), free_port(), user)
         try:
             yield server
