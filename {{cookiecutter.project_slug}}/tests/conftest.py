@@ -7,19 +7,17 @@ from the environment and default to the local servers.
 {% if cookiecutter.use_postgres -%}
 import asyncio
 {% endif -%}
-{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
 import os
-{% endif -%}
 {% if cookiecutter.use_postgres -%}
 import uuid
 {% endif -%}
 from collections.abc import AsyncIterator, Callable, Iterator
 {%- if cookiecutter.use_postgres %}
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 {%- else %}
 from contextlib import asynccontextmanager
 {%- endif %}
+from pathlib import Path
 from typing import Any
 
 {% if cookiecutter.use_postgres -%}
@@ -47,7 +45,9 @@ from structlog.typing import EventDict
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- if cookiecutter.use_http_client %}
-from tests.servers import upstream_server
+from tests.servers import free_port, upstream_server
+{%- else %}
+from tests.servers import free_port
 {%- endif %}
 
 {% set resources = (["postgres"] if cookiecutter.use_postgres else [])
@@ -55,10 +55,11 @@ from tests.servers import upstream_server
     + (["http_client"] if cookiecutter.use_http_client else []) -%}
 # The resources this service opens, in lifespan order.
 RESOURCES: list[str] = {{ resources | tojson }}
+PROJECT = Path(__file__).resolve().parent.parent
 {%- if cookiecutter.use_postgres %}
 
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+ALEMBIC_INI = PROJECT / "alembic.ini"
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -145,6 +146,37 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
         return Settings(_env_file=None, **(values | overrides))
 
     return make
+
+
+@pytest.fixture
+def service_env(
+    tmp_path: Path,
+{%- if cookiecutter.use_postgres %}
+    database_url: str,
+{%- endif %}
+{%- if cookiecutter.use_http_client %}
+    upstream_url: str,
+{%- endif %}
+) -> dict[str, str]:
+    """The environment of the service run as a process (tests/processes.py): the test servers,
+    a free port, JSON logs, and nothing inherited that could change its settings."""
+    return {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(PROJECT),  # for tests.slow_app
+        "HOME": str(tmp_path),
+        "PORT": str(free_port()),
+        "LOG_FORMAT": "json",
+        "STARTUP_TIMEOUT": "10",
+{%- if cookiecutter.use_postgres %}
+        "DATABASE_URL": database_url,
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+        "REDIS_URL": REDIS_URL,
+{%- endif %}
+{%- if cookiecutter.use_http_client %}
+        "HTTP_CLIENT_BASE_URL": upstream_url,
+{%- endif %}
+    }
 
 
 @pytest.fixture

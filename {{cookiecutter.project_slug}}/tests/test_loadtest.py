@@ -5,12 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests import test_server
+from tests.processes import running, wait_until_ready
 from tests.servers import free_port
-from tests.test_server import running, wait_until_ready
 
-# The service's environment (free port, test servers) that tests/test_server.py starts it with.
-service_env = test_server.service_env
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "loadtest.py"
 # What the script loads: readiness and every example route of the enabled resources.
 ROUTES = [

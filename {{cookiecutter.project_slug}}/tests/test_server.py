@@ -1,16 +1,9 @@
 {%- set verified = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """The service as a process: both ways of starting it, JSON logs, SIGTERM, startup failures."""
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,118 +13,12 @@ import pytest
 from sqlalchemy.engine import make_url
 {%- endif %}
 
-{% if cookiecutter.use_redis -%}
-from tests.conftest import REDIS_URL, RESOURCES
-from tests.servers import free_port, private_redis, wait_until
-{%- else -%}
 from tests.conftest import RESOURCES
-from tests.servers import free_port, wait_until
-{%- endif %}
-
-PACKAGE = "{{ cookiecutter.package_name }}"
-COMMANDS = {
-    "python -m": [sys.executable, "-m", PACKAGE],
-    "uvicorn": [sys.executable, "-m", "uvicorn", f"{PACKAGE}.main:app"],
-}
-# tests/slow_app.py (the app plus slow routes), served exactly as `python -m` serves the app.
-SLOW_APP = [
-    sys.executable,
-    "-c",
-    f"from {PACKAGE}.__main__ import main; main('tests.slow_app:app')",
-]
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def service_env(
-    tmp_path: Path,
-{%- if cookiecutter.use_postgres %}
-    database_url: str,
-{%- endif %}
-{%- if cookiecutter.use_http_client %}
-    upstream_url: str,
-{%- endif %}
-) -> dict[str, str]:
-    return {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(PROJECT),  # for tests.slow_app
-        "HOME": str(tmp_path),
-        "PORT": str(free_port()),
-        "LOG_FORMAT": "json",
-        "STARTUP_TIMEOUT": "10",
-{%- if cookiecutter.use_postgres %}
-        "DATABASE_URL": database_url,
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-        "REDIS_URL": REDIS_URL,
-{%- endif %}
-{%- if cookiecutter.use_http_client %}
-        "HTTP_CLIENT_BASE_URL": upstream_url,
-{%- endif %}
-    }
-
-
-@dataclass
-class Service:
-    process: subprocess.Popen[str]
-    # stdout goes to a file rather than a pipe: a test reads it while the service runs, and a
-    # full pipe can never block the service.
-    stdout: Path
-
-    def log(self) -> list[dict[str, Any]]:
-        """The complete JSON lines logged so far."""
-        text = self.stdout.read_text()
-        return json_lines(text[: text.rfind("\n") + 1])
-
-
-@contextmanager
-def running(how: str, env: dict[str, str], cwd: Path) -> Iterator[Service]:
-    # uvicorn's CLI takes the port as an option; `python -m` reads PORT from the settings.
-    port_option = ["--port", env["PORT"]] if how == "uvicorn" else []
-    command = SLOW_APP if how == "slow app" else COMMANDS[how]
-    stdout = cwd / "stdout.log"
-    with stdout.open("w") as stdout_file:
-        process = subprocess.Popen(
-            [*command, *port_option],
-            env=env,
-            cwd=cwd,  # no .env file in reach
-            stdout=stdout_file,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    try:
-        yield Service(process, stdout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-
-def wait_until_ready(service: Service, port: str) -> None:
-    def ready() -> bool:
-        assert service.process.poll() is None, "the service exited during startup"
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(ready, timeout=30, message="the service never became ready")
-
-
-def url(env: dict[str, str], path: str) -> str:
-    return f"http://127.0.0.1:{env['PORT']}{path}"
-
-
-def finish(service: Service) -> tuple[int, str, str]:
-    _, stderr = service.process.communicate(timeout=30)
-    return service.process.returncode, service.stdout.read_text(), stderr
-
-
-def json_lines(stdout: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in stdout.splitlines()]
-    for line in lines:
-        assert {"event", "level", "timestamp"} <= set(line), line
-    return lines
+from tests.processes import COMMANDS, Service, finish, json_lines, running, url, wait_until_ready
+{%- set server_helpers = (["free_port"] if verified else [])
+    + (["private_redis"] if cookiecutter.use_redis else [])
+    + ["wait_until"] %}
+from tests.servers import {{ server_helpers | join(", ") }}
 
 
 @pytest.mark.parametrize("how", list(COMMANDS))

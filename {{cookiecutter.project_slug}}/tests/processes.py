@@ -1,0 +1,90 @@
+"""The service as a process, started the ways its users start it: the commands, a running
+service whose JSON log a test can read while it runs, and waiting for it to be ready."""
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.servers import wait_until
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+COMMANDS = {
+    "python -m": [sys.executable, "-m", PACKAGE],
+    "uvicorn": [sys.executable, "-m", "uvicorn", f"{PACKAGE}.main:app"],
+}
+# tests/slow_app.py (the app plus slow routes), served exactly as `python -m` serves the app.
+SLOW_APP = [
+    sys.executable,
+    "-c",
+    f"from {PACKAGE}.__main__ import main; main('tests.slow_app:app')",
+]
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[str]
+    # stdout goes to a file rather than a pipe: a test reads it while the service runs, and a
+    # full pipe can never block the service.
+    stdout: Path
+
+    def log(self) -> list[dict[str, Any]]:
+        """The complete JSON lines logged so far."""
+        text = self.stdout.read_text()
+        return json_lines(text[: text.rfind("\n") + 1])
+
+
+@contextmanager
+def running(how: str, env: dict[str, str], cwd: Path) -> Iterator[Service]:
+    # uvicorn's CLI takes the port as an option; `python -m` reads PORT from the settings.
+    port_option = ["--port", env["PORT"]] if how == "uvicorn" else []
+    command = SLOW_APP if how == "slow app" else COMMANDS[how]
+    stdout = cwd / "stdout.log"
+    with stdout.open("w") as stdout_file:
+        process = subprocess.Popen(
+            [*command, *port_option],
+            env=env,
+            cwd=cwd,  # no .env file in reach
+            stdout=stdout_file,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        yield Service(process, stdout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def wait_until_ready(service: Service, port: str) -> None:
+    def ready() -> bool:
+        assert service.process.poll() is None, "the service exited during startup"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, timeout=30, message="the service never became ready")
+
+
+def url(env: dict[str, str], path: str) -> str:
+    return f"http://127.0.0.1:{env['PORT']}{path}"
+
+
+def finish(service: Service) -> tuple[int, str, str]:
+    _, stderr = service.process.communicate(timeout=30)
+    return service.process.returncode, service.stdout.read_text(), stderr
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    for line in lines:
+        assert {"event", "level", "timestamp"} <= set(line), line
+    return lines
