@@ -13,11 +13,14 @@ from fastapi.responses import JSONResponse
 from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if cookiecutter.use_postgres %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     respond_unavailable,
 )
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+from {{ cookiecutter.package_name }}.resources.redis import OUTAGE_ERRORS, respond_redis_unavailable
 {%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -36,8 +39,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=partial(lifespan, settings=settings),
         exception_handlers={
             RequestValidationError: _invalid_request,
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if cookiecutter.use_postgres %}
             ResourceUnavailableError: respond_unavailable,
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+            **dict.fromkeys(OUTAGE_ERRORS, respond_redis_unavailable),
 {%- endif %}
         },
     )

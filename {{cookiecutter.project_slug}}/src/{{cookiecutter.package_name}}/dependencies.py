@@ -1,6 +1,6 @@
 """Typed dependencies that hand routes what the lifespan opened (via `request.state`)."""
 
-{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
+{% if cookiecutter.use_postgres -%}
 from collections.abc import AsyncIterator
 {% endif -%}
 from typing import Annotated, cast
@@ -16,15 +16,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 {%- endif %}
 
-{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
+{% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, describe
 {% endif -%}
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.postgres import is_outage as is_postgres_outage
 {% endif -%}
-{% if cookiecutter.use_redis -%}
-from {{ cookiecutter.package_name }}.resources.redis import is_outage as is_redis_outage
-{% endif -%}
+
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.shutdown import ShutdownState
 
@@ -71,13 +69,8 @@ DbSession = Annotated[AsyncSession, Depends(_db_session, scope="function")]
 {%- if cookiecutter.use_redis %}
 
 
-async def _redis(request: Request) -> AsyncIterator[Redis]:
-    try:
-        yield cast(Redis, request.state.redis)
-    except Exception as exc:
-        if is_redis_outage(exc):
-            raise ResourceUnavailableError("redis", describe(exc)) from exc
-        raise
+def _redis(request: Request) -> Redis:
+    return cast(Redis, request.state.redis)
 
 
 RedisClient = Annotated[Redis, Depends(_redis)]

@@ -12,8 +12,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
-from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
+from {{ cookiecutter.package_name }}.resources.lifecycle import (
+    ResourceUnavailableError,
+    describe,
+    lifecycle,
+    respond_unavailable,
+)
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
@@ -21,9 +28,13 @@ async def ping(client: Redis) -> None:
     await client.ping()
 
 
-def is_outage(exc: BaseException) -> bool:
-    """Whether `exc` says Redis cannot serve right now (after the client's own retries)."""
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
+# After the client's own retries these only ever mean that Redis is not answering, wherever
+# they are raised: the app answers them with a 503, at no cost to the requests that succeed.
+OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+
+async def respond_redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return await respond_unavailable(request, ResourceUnavailableError("redis", describe(exc)))
 
 
 @asynccontextmanager
