@@ -25,7 +25,9 @@ async def test_liveness_touches_no_resource(settings: Settings) -> None:
     assert ready.status_code == 500
 
 
-async def test_readiness_reports_every_resource(client: AsyncClient) -> None:
+async def test_readiness_reports_every_resource(
+    client: AsyncClient, worker_thread_calls: list[str]
+) -> None:
     response = await client.get("/health/ready")
 
     assert response.status_code == 200
@@ -35,6 +37,7 @@ async def test_readiness_reports_every_resource(client: AsyncClient) -> None:
     for check in body["resources"].values():
         assert check["status"] == "ok"
         assert check["latency_ms"] >= 0
+    assert worker_thread_calls == []
 
 
 def test_creating_an_app_opens_nothing(

@@ -14,7 +14,9 @@ from tests.conftest import serve
 from tests.servers import free_port, silent_server
 
 
-async def test_the_upstream_is_called_with_the_request_id(client: AsyncClient) -> None:
+async def test_the_upstream_is_called_with_the_request_id(
+    client: AsyncClient, worker_thread_calls: list[str]
+) -> None:
     response = await client.get("/upstream/echo/this", headers={"X-Request-ID": "trace-42"})
 
     assert response.status_code == 200
@@ -24,6 +26,7 @@ async def test_the_upstream_is_called_with_the_request_id(client: AsyncClient) -
     assert upstream_saw["path"] == "/echo/this"
     headers = {name.lower(): value for name, value in upstream_saw["headers"].items()}
     assert headers["x-request-id"] == "trace-42"
+    assert worker_thread_calls == []
 
 
 async def test_an_unreachable_upstream_is_a_502(make_settings: Callable[..., Settings]) -> None:

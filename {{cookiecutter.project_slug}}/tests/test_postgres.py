@@ -96,7 +96,9 @@ async def idle_in_transaction(database: asyncpg.Connection) -> int:
     return sessions
 
 
-async def test_a_note_is_created_and_read_back(client: AsyncClient) -> None:
+async def test_a_note_is_created_and_read_back(
+    client: AsyncClient, worker_thread_calls: list[str]
+) -> None:
     created = await client.post("/notes", json={"text": "hello"})
 
     assert created.status_code == 201
@@ -105,6 +107,7 @@ async def test_a_note_is_created_and_read_back(client: AsyncClient) -> None:
     fetched = await client.get(f"/notes/{note['id']}")
     assert fetched.status_code == 200
     assert fetched.json() == note
+    assert worker_thread_calls == []
 
 
 async def test_a_missing_note_is_404_and_bad_input_is_422(client: AsyncClient) -> None:

@@ -21,7 +21,9 @@ def redis_server() -> Iterator[PrivateRedis]:
         yield server
 
 
-async def test_a_value_is_stored_and_read_back(client: AsyncClient) -> None:
+async def test_a_value_is_stored_and_read_back(
+    client: AsyncClient, worker_thread_calls: list[str]
+) -> None:
     key = uuid.uuid4().hex
 
     assert (await client.get(f"/cache/{key}")).status_code == 404
@@ -29,6 +31,7 @@ async def test_a_value_is_stored_and_read_back(client: AsyncClient) -> None:
     assert stored.status_code == 200
     fetched = await client.get(f"/cache/{key}")
     assert fetched.json() == {"key": key, "value": "hello"}
+    assert worker_thread_calls == []
 
 
 async def test_an_outage_is_a_503_and_the_service_recovers_without_a_restart(

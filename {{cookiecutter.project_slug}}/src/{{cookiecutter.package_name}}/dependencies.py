@@ -1,4 +1,8 @@
-"""Typed dependencies that hand routes what the lifespan opened (via `request.state`)."""
+"""Typed dependencies that hand routes what the lifespan opened (via `request.state`).
+
+The accessors are `async def` although they never await: FastAPI runs a plain `def` dependency
+in a worker thread, and that round trip cost ~30% of a Redis GET request in `make bench`.
+"""
 
 {% if cookiecutter.use_postgres -%}
 from collections.abc import AsyncIterator
@@ -27,14 +31,14 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.shutdown import ShutdownState
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-def _shutdown(request: Request) -> ShutdownState:
+async def _shutdown(request: Request) -> ShutdownState:
     return cast(ShutdownState, request.state.shutdown)
 
 
@@ -42,7 +46,7 @@ Shutdown = Annotated[ShutdownState, Depends(_shutdown)]
 {%- if cookiecutter.use_postgres %}
 
 
-def _postgres(request: Request) -> AsyncEngine:
+async def _postgres(request: Request) -> AsyncEngine:
     return cast(AsyncEngine, request.state.postgres)
 
 
@@ -69,7 +73,7 @@ DbSession = Annotated[AsyncSession, Depends(_db_session, scope="function")]
 {%- if cookiecutter.use_redis %}
 
 
-def _redis(request: Request) -> Redis:
+async def _redis(request: Request) -> Redis:
     return cast(Redis, request.state.redis)
 
 
@@ -78,7 +82,7 @@ RedisClient = Annotated[Redis, Depends(_redis)]
 {%- if cookiecutter.use_http_client %}
 
 
-def _http_client(request: Request) -> httpx.AsyncClient:
+async def _http_client(request: Request) -> httpx.AsyncClient:
     return cast(httpx.AsyncClient, request.state.http_client)
 
 
