@@ -244,3 +244,12 @@ class PrivatePostgres:
             # PostgreSQL's fast shutdown: it ends every session at once, then exits cleanly.
             self.process.send_signal(signal.SIGINT)
             self.process.wait(timeout=30)
+
+    def log_position(self) -> int:
+        """Where the server's log ends now, for `log_since`."""
+        return self._log.stat().st_size
+
+    def log_since(self, position: int) -> str:
+        with self._log.open("rb") as log:
+            log.seek(position)
+            return log.read().decode(errors="replace")

@@ -2,6 +2,7 @@
 outages are 503s that end without a restart, and the pool is bounded and never leaks."""
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -269,6 +270,30 @@ async def test_connections_a_restart_dropped_never_reach_a_request(
         after = await asyncio.gather(*(client.get("/notes/999999999") for _ in range(pooled)))
 
     assert [response.status_code for response in after] == [404] * pooled
+
+
+async def test_a_read_sends_the_server_three_statements_and_no_ping(
+    private_server: PrivatePostgres, make_settings: Callable[..., Settings]
+) -> None:
+    # What reaches the server, from its own statement log. pool_pre_ping would add three
+    # statements (BEGIN, a ping, ROLLBACK) to every request that checks out a pooled connection.
+    admin = await asyncpg.connect(asyncpg_dsn(private_server.url))
+    await admin.execute("ALTER DATABASE postgres SET log_statement = 'all'")
+    try:
+        settings = make_settings(database_url=private_server.url, db_pool_size=1, db_max_overflow=0)
+        async with serve(create_app(settings)) as client:
+            note_id = (await client.post("/notes", json={"text": "x"})).json()["id"]
+            await client.get(f"/notes/{note_id}")  # the pooled connection prepares the SELECT
+            position = await asyncio.to_thread(private_server.log_position)
+            for _ in range(3):
+                assert (await client.get(f"/notes/{note_id}")).status_code == 200
+            log = await asyncio.to_thread(private_server.log_since, position)
+    finally:
+        await admin.execute("ALTER DATABASE postgres RESET log_statement")
+        await admin.close()
+
+    statements = re.findall(r"LOG:  (?:statement|execute [^:]*): (\S+)", log)
+    assert statements == ["BEGIN;", "SELECT", "COMMIT;"] * 3
 
 
 async def test_a_full_pool_answers_503_rather_than_queueing(
