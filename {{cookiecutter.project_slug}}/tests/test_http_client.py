@@ -2,9 +2,12 @@
 and neither waits on a hung upstream nor queues beyond its connection limit."""
 
 import asyncio
+import importlib.abc
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from httpx import AsyncClient
 
@@ -27,6 +30,32 @@ async def test_the_upstream_is_called_with_the_request_id(
     headers = {name.lower(): value for name, value in upstream_saw["headers"].items()}
     assert headers["x-request-id"] == "trace-42"
     assert worker_thread_calls == []
+
+
+class ImportRecorder(importlib.abc.MetaPathFinder):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> None:
+        self.names.append(name)
+
+
+async def test_a_call_imports_nothing(client: AsyncClient) -> None:
+    # An import that is not in sys.modules yet searches sys.path on the event loop: fine once,
+    # costly on every call (httpcore looks for sniffio per request, and it is a dependency so
+    # that the look succeeds).
+    await client.get("/upstream/echo/first")
+    recorder = ImportRecorder()
+    sys.meta_path.insert(0, recorder)
+    try:
+        response = await client.get("/upstream/echo/second")
+    finally:
+        sys.meta_path.remove(recorder)
+
+    assert response.status_code == 200
+    assert recorder.names == []
 
 
 async def test_an_unreachable_upstream_is_a_502(make_settings: Callable[..., Settings]) -> None:
