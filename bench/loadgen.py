@@ -1,4 +1,4 @@
-"""wrk, the load generator: install it where missing, run it, read its report."""
+"""wrk, the load generator: install it (and other tools) where missing, run it, read its report."""
 
 import os
 import re
@@ -23,26 +23,25 @@ class WrkResult:
     errors: int  # socket errors (connect, read, write, timeout) plus non-2xx/3xx responses
 
 
-def ensure_wrk() -> str:
-    """The path of wrk, installing the Debian package first when it is missing and we are root."""
-    found = shutil.which("wrk")
+def ensure_installed(command: str, package: str) -> str:
+    """The path of `command`, installing its Debian package first when it is missing and we
+    are root."""
+    found = shutil.which(command)
     if found:
         return found
     if os.geteuid() != 0:
-        raise SystemExit(
-            "wrk is not installed: run `sudo apt-get install -y wrk` (or brew install wrk)"
-        )
+        raise SystemExit(f"{command} is not installed: run `sudo apt-get install -y {package}`")
     if shutil.which("apt-get") is None:
-        raise SystemExit("wrk is not installed and there is no apt-get here: install wrk first")
-    print("installing wrk with apt-get ...", flush=True)
+        raise SystemExit(f"{command} is not installed and there is no apt-get here: install it")
+    print(f"installing {package} with apt-get ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"]
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
     if subprocess.run(install, env=env, check=False).returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
         subprocess.run(install, env=env, check=True)
-    found = shutil.which("wrk")
+    found = shutil.which(command)
     if found is None:
-        raise SystemExit("apt-get installed wrk, but it is not on PATH")
+        raise SystemExit(f"apt-get installed {package}, but {command} is not on PATH")
     return found
 
 

@@ -2,12 +2,13 @@
 connection pattern and a plain asyncio loop; time its startup, its shutdown and the template.
 
     python bench/run.py                    # the full run (~5 minutes): `make bench`
-    python bench/run.py --quick            # a ~1 minute smoke run: `make bench BENCH_ARGS=--quick`
+    python bench/run.py --quick            # a ~3 minute smoke run: `make bench BENCH_ARGS=--quick`
     python bench/run.py --template-suite   # also time the template's `make test`
 
 Bakes the all-on service into build/bench, installs it in its own venv with uv, migrates a
 benchmark database, starts a local upstream and every app under test with the same uvicorn
-settings, then runs wrk against them in alternating rounds and reports medians and ratios.
+settings, then runs wrk against them in alternating rounds and reports medians and ratios, and
+counts the instructions a request costs with callgrind (bench/instructions.py).
 Prints a table and writes bench/results/latest.json and latest.md (the README's table).
 Runs with the template's dev venv (cookiecutter, uv), as `make bench` does.
 """
@@ -36,7 +37,8 @@ from urllib.parse import urlsplit, urlunsplit
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 from uv import find_uv_bin
 
-from loadgen import WrkResult, ensure_wrk, run_wrk, wrk_version
+from instructions import TARGETS, count_per_request
+from loadgen import WrkResult, ensure_installed, run_wrk, wrk_version
 from processes import Processes, free_port, peak_rss_mb, processes, request_json, wait_for_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,10 +63,11 @@ class Mode:
     seconds: int  # per wrk run
     warmup_seconds: int  # per wrk run of the discarded first round
     startup_runs: int
+    counted_requests: int  # per callgrind run
 
 
-FULL = Mode(rounds=5, seconds=5, warmup_seconds=2, startup_runs=7)
-QUICK = Mode(rounds=2, seconds=2, warmup_seconds=1, startup_runs=3)
+FULL = Mode(rounds=5, seconds=5, warmup_seconds=2, startup_runs=7, counted_requests=1000)
+QUICK = Mode(rounds=2, seconds=2, warmup_seconds=1, startup_runs=3, counted_requests=300)
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,7 @@ class Served:
     series: dict[str, Series]
     service_rss_mb: float
     bare_rss_mb: float
+    note_id: int  # what GET /notes/{id} reads
 
 
 def serve_and_load(
@@ -285,6 +289,7 @@ def serve_and_load(
         series=series,
         service_rss_mb=peak_rss_mb(started["service"].pid),
         bare_rss_mb=peak_rss_mb(started["bare"].pid),
+        note_id=note["id"],
     )
 
 
@@ -337,6 +342,44 @@ def measure_startup(
     return result
 
 
+@dataclass(frozen=True)
+class ImportFloor:
+    """A process that only imports the app (opens nothing, serves nothing): medians of the time
+    from its start until the import is done, and of its peak RSS. Start → ready and the
+    worker's memory cannot go below these."""
+
+    seconds: float
+    peak_rss_mb: float
+
+
+def measure_import_floor(
+    python: Path, project: Path, env: Mapping[str, str], runs: int
+) -> ImportFloor:
+    code = (
+        f"import resource, {PACKAGE}.main; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)"
+    )
+    seconds, rss_mb = [], []
+    for number in range(runs + 1):  # the first, with a cold file cache, is discarded
+        started = time.perf_counter()
+        with subprocess.Popen(
+            [python, "-c", code],
+            stdout=subprocess.PIPE,
+            env={**os.environ, **env},
+            cwd=project,
+            text=True,
+        ) as process:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            imported = time.perf_counter()
+        if process.returncode != 0 or not line.strip():
+            raise SystemExit(f"importing {PACKAGE}.main failed ({process.returncode})")
+        if number > 0:
+            seconds.append(imported - started)
+            rss_mb.append(int(line) / 1024)  # ru_maxrss is in KiB on Linux
+    return ImportFloor(statistics.median(seconds), statistics.median(rss_mb))
+
+
 def time_bakes(config: Path) -> dict[str, float]:
     """Seconds to bake each combination of the three flags (cookiecutter only, in-process)."""
     times: dict[str, float] = {}
@@ -370,12 +413,15 @@ class Check:
 
 
 def evaluate(
-    series: Mapping[str, Series],
+    served: Served,
+    instructions: Mapping[str, float],
     startup: Startup,
-    service_rss_mb: float,
+    floor: ImportFloor,
     bakes: Mapping[str, float],
     suite: tuple[float, int] | None,
 ) -> list[Check]:
+    series = served.series
+
     def result(passed: bool | None, *keys: str) -> str:
         if any(series[key].errors for key in keys):
             return "INVALID"
@@ -401,11 +447,21 @@ def evaluate(
         shown = f"{value:.3f} s" if unit == "s" else f"{value:.1f} {unit}"
         return Check(name, shown + note, f"{sign} {limit:g} {unit}", result(passed), value)
 
+    def instruction_ratio(name: str, a: str, b: str) -> Check:
+        # b's instructions per request over a's: like a req/s ratio, higher is better for a.
+        value = instructions[b] / instructions[a]
+        return Check(name, f"{value:.2f}×", "(report)", "INFO", value)
+
     codes = sorted(set(startup.exit_codes))
     checks = [
         rps_ratio("/health/live: service / bare app", "service.live", "bare.live", 0.95),
         rps_ratio(
             "/health/live without the request log line / bare app", "quiet.live", "bare.live", None
+        ),
+        instruction_ratio(
+            "/health/live, by instructions per request in-process: service / bare app",
+            "service.live",
+            "bare.live",
         ),
         rps_ratio("/health/ready: service / naive", "service.ready", "naive.ready", 10),
         lower_p99("/health/ready p99: service vs naive", "service.ready", "naive.ready"),
@@ -416,6 +472,13 @@ def evaluate(
         rps_ratio("upstream route / bare app", "service.upstream", "bare.live", None),
         rps_ratio("combined route / plain asyncio loop", "service.combined", "raw.combined", None),
         at_most("start → /health/ready 200 (median)", startup.ready_median, "s", 0.6),
+        Check(
+            "start → app imported, nothing opened (median)",
+            f"{floor.seconds:.3f} s",
+            "(report)",
+            "INFO",
+            floor.seconds,
+        ),
         at_most(
             "SIGTERM → exit, idle (median)",
             startup.exit_median,
@@ -423,7 +486,21 @@ def evaluate(
             0.25,
             f" (exit status {', '.join(map(str, codes))})",
         ),
-        at_most("peak RSS of the worker after the load", service_rss_mb, "MB", 80),
+        at_most("peak RSS of the worker after the load", served.service_rss_mb, "MB", 80),
+        Check(
+            "peak RSS of a process that only imported the app",
+            f"{floor.peak_rss_mb:.1f} MB",
+            "(report)",
+            "INFO",
+            floor.peak_rss_mb,
+        ),
+        Check(
+            "peak RSS of the bare FastAPI app after the load",
+            f"{served.bare_rss_mb:.1f} MB",
+            "(report)",
+            "INFO",
+            served.bare_rss_mb,
+        ),
     ]
     total = sum(bakes.values())
     checks.append(
@@ -445,7 +522,8 @@ def evaluate(
     return checks
 
 
-def table_rows(report: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
+def table_rows(report: Mapping[str, Any]) -> list[list[list[str]]]:
+    """The checks, the load results, the instruction counts: each a table with a header row."""
     checks = [["check", "measured", "target", "result"]]
     checks += [[c["name"], c["measured"], c["target"], c["result"]] for c in report["checks"]]
     load = [["endpoint", "req/s (median)", "p99 ms (median)", "errors"]]
@@ -459,7 +537,17 @@ def table_rows(report: Mapping[str, Any]) -> tuple[list[list[str]], list[list[st
         ]
         for key, data in report["load"].items()
     ]
-    return checks, load
+    counted = report["instructions_per_request"]
+    instructions = [["in-process, no server (callgrind)", "instructions per request", "× bare"]]
+    instructions += [
+        [
+            target.description,
+            f"{counted[target.key]:,.0f}",
+            f"{counted[target.key] / counted['bare.live']:.2f}",
+        ]
+        for target in TARGETS
+    ]
+    return [checks, load, instructions]
 
 
 def text_table(rows: Sequence[Sequence[str]]) -> str:
@@ -478,7 +566,6 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
 def markdown(report: Mapping[str, Any]) -> str:
     machine, config = report["machine"], report["config"]
     versions = ", ".join(f"{name} {v}" for name, v in report["versions"].items() if v)
-    checks, load = table_rows(report)
     return (
         "\n\n".join(
             [
@@ -487,8 +574,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                 f"{config['connections']} connections, {config['rounds']} rounds × "
                 f"{config['seconds']} s after a discarded warm-up round.",
                 f"Versions: {versions}.",
-                markdown_table(checks),
-                markdown_table(load),
+                *(markdown_table(table) for table in table_rows(report)),
             ]
         )
         + "\n"
@@ -529,12 +615,14 @@ def main() -> None:
         args.seconds or base.seconds,
         base.warmup_seconds,
         base.startup_runs,
+        base.counted_requests,
     )
     began = time.perf_counter()
     load_average = os.getloadavg()
     if load_average[0] > (os.cpu_count() or 1) / 2:
         print(f"warning: the machine is busy (load average {load_average[0]:.1f})", flush=True)
-    wrk = ensure_wrk()
+    wrk = ensure_installed("wrk", "wrk")
+    valgrind = ensure_installed("valgrind", "valgrind")
 
     print("baking and installing the all-on service ...", flush=True)
     shutil.rmtree(BUILD, ignore_errors=True)
@@ -567,11 +655,16 @@ def main() -> None:
         with processes(logs) as group:
             print(f"startup and shutdown: {mode.startup_runs} starts of python -m {PACKAGE}")
             startup = measure_startup(group, python, project, service_env, mode.startup_runs)
+            floor = measure_import_floor(python, project, service_env, mode.startup_runs)
             quiet_env = service_env | {"LOG_LEVEL": "WARNING"}
             envs = {"service": service_env, "quiet": quiet_env, "naive": naive_env}
             served = serve_and_load(
                 group, python, project, envs, ports, wrk, args.connections, mode
             )
+        print(f"counting instructions: {mode.counted_requests} requests per run", flush=True)
+        instructions = count_per_request(
+            valgrind, python, APPS, project, service_env, served.note_id, mode.counted_requests
+        )
     finally:
         admin(python, "drop-db", admin_dsn, DB_NAME)
     with (logs / "service.log").open("rb") as log:
@@ -584,7 +677,7 @@ def main() -> None:
         print("running the template suite (make test) ...", flush=True)
         suite = time_template_suite()
 
-    checks = evaluate(served.series, startup, served.service_rss_mb, bakes, suite)
+    checks = evaluate(served, instructions, startup, floor, bakes, suite)
     cpu_lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu_names = [
         line.split(":", 1)[1].strip() for line in cpu_lines if line.startswith("model name")
@@ -622,7 +715,9 @@ def main() -> None:
             }
             for key, s in served.series.items()
         },
+        "instructions_per_request": instructions,
         "startup": asdict(startup),
+        "import_floor": asdict(floor),
         "memory": {
             "service_peak_rss_mb": served.service_rss_mb,
             "bare_peak_rss_mb": served.bare_rss_mb,
@@ -638,8 +733,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     args.output.with_suffix(".md").write_text(markdown(report))
-    check_rows, load_rows = table_rows(report)
-    print(f"\n{text_table(check_rows)}\n\n{text_table(load_rows)}\n")
+    print("\n" + "\n\n".join(text_table(table) for table in table_rows(report)) + "\n")
     print(
         f"{report['config']['wrk']}, {WRK_THREADS} thread, {args.connections} connections, "
         f"{mode.rounds} rounds × {mode.seconds} s (medians); {os.cpu_count()} cores; "

@@ -26,6 +26,7 @@ CACHE_KEY = "cache:bench"
 
 app = FastAPI()
 
+
 class Combined(BaseModel):
     db: int
     cache: str
