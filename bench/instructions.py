@@ -31,6 +31,13 @@ class Target:
 
 TARGETS = [
     Target("bare.live", "bare FastAPI app, GET /health/live", "bare", "/health/live", {}),
+    Target(
+        "bare.routed",
+        "bare FastAPI app, the same route in an included APIRouter",
+        "bare",
+        "/routed/health/live",
+        {},
+    ),
     Target("service.live", "service, GET /health/live", "service", "/health/live", {}),
     Target(
         "quiet.live",
@@ -42,6 +49,16 @@ TARGETS = [
     Target("service.cache", "service, GET /cache/{key} (Redis GET)", "service", "/cache/bench", {}),
     Target(
         "service.notes", "service, GET /notes/{id} (DB read)", "service", "/notes/{note_id}", {}
+    ),
+    # The libraries alone (apps/floors.py): subtract the first from the other two.
+    Target("floors.nothing", "no framework: an empty Starlette route", "floors", "/nothing", {}),
+    Target("floors.redis", "no framework: one redis-py GET", "floors", "/redis", {}),
+    Target(
+        "floors.orm",
+        "no framework: one AsyncSession get(Note) + commit",
+        "floors",
+        "/orm/{note_id}",
+        {},
     ),
 ]
 

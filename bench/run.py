@@ -84,6 +84,12 @@ class Endpoint:
 # is measured back to back, in both orders.
 ENDPOINTS = [
     Endpoint("bare.live", "bare", "/health/live", "bare FastAPI app, GET /health/live"),
+    Endpoint(
+        "bare.routed",
+        "bare",
+        "/routed/health/live",
+        "bare FastAPI app, the same route in an included APIRouter",
+    ),
     Endpoint("service.live", "service", "/health/live", "service, GET /health/live"),
     Endpoint(
         "quiet.live",
@@ -458,10 +464,21 @@ def evaluate(
         rps_ratio(
             "/health/live without the request log line / bare app", "quiet.live", "bare.live", None
         ),
+        rps_ratio(
+            "/health/live: service / bare app with the route in an APIRouter",
+            "service.live",
+            "bare.routed",
+            None,
+        ),
         instruction_ratio(
             "/health/live, by instructions per request in-process: service / bare app",
             "service.live",
             "bare.live",
+        ),
+        instruction_ratio(
+            "the same, service / bare app with the route in an APIRouter",
+            "service.live",
+            "bare.routed",
         ),
         rps_ratio("/health/ready: service / naive", "service.ready", "naive.ready", 10),
         lower_p99("/health/ready p99: service vs naive", "service.ready", "naive.ready"),

@@ -1,0 +1,47 @@
+"""What the libraries cost on their own, for the instruction counts: a Starlette app with the
+service's own lifespan (its settings, pools and clients, configured as in production) and no
+middleware, whose routes make one library call each and answer an empty 200.
+
+    /nothing             the app alone: subtract it from the others
+    /redis               one redis-py GET, as GET /cache/{key} does
+    /orm/{note_id}       one AsyncSession: get(Note) and commit, as GET /notes/{id} does
+"""
+
+from functools import partial
+
+from my_service.lifespan import lifespan
+from my_service.models import Note
+from my_service.settings import load_settings
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+CACHE_KEY = "cache:bench"  # seeded by bench/run.py
+
+
+async def nothing(request: Request) -> Response:
+    return Response()
+
+
+async def redis_get(request: Request) -> Response:
+    await request.state.redis.get(CACHE_KEY)
+    return Response()
+
+
+async def orm_read(request: Request) -> Response:
+    async with AsyncSession(request.state.postgres, expire_on_commit=False) as session:
+        await session.get(Note, request.path_params["note_id"])
+        await session.commit()
+    return Response()
+
+
+app = Starlette(
+    routes=[
+        Route("/nothing", nothing),
+        Route("/redis", redis_get),
+        Route("/orm/{note_id:int}", orm_read),
+    ],
+    lifespan=partial(lifespan, settings=load_settings()),
+)
