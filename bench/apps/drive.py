@@ -2,7 +2,7 @@
 sockets between client and app), after a warm-up: the program that bench/run.py runs under
 callgrind to count the instructions a request costs. Runs in the baked service's venv.
 
-    python drive.py MODULE PATH REQUESTS    MODULE: an app of bench/apps (bare, service)
+    python drive.py MODULE PATH REQUESTS    MODULE: an app of bench/apps (bare, service, floors)
 
 The app's real lifespan runs first, so routes find their resources in the request state, as
 under uvicorn. Exits non-zero if any response is not 200.
@@ -11,7 +11,6 @@ under uvicorn. Exits non-zero if any response is not 200.
 import importlib
 import sys
 from collections.abc import MutableMapping
-from contextlib import AsyncExitStack
 from typing import Any
 
 import uvloop
@@ -52,10 +51,9 @@ async def get(app: ASGIApp, path: str, state: MutableMapping[str, Any]) -> None:
 
 async def drive(module: str, path: str, requests: int) -> None:
     app = importlib.import_module(module).app
-    async with AsyncExitStack() as stack:
-        state = await stack.enter_async_context(app.router.lifespan_context(app)) or {}
+    async with app.router.lifespan_context(app) as state:
         for _ in range(WARMUP_REQUESTS + requests):
-            await get(app, path, state)
+            await get(app, path, state or {})
 
 
 if __name__ == "__main__":
