@@ -1,8 +1,8 @@
 """Benchmark the generated service side by side with a bare FastAPI app, the per-request
 connection pattern and a plain asyncio loop; time its startup, its shutdown and the template.
 
-    python bench/run.py                    # the full run (~5 minutes): `make bench`
-    python bench/run.py --quick            # a ~3 minute smoke run: `make bench BENCH_ARGS=--quick`
+    python bench/run.py                    # the full run (~13 minutes): `make bench`
+    python bench/run.py --quick            # a ~6 minute smoke run: `make bench BENCH_ARGS=--quick`
     python bench/run.py --template-suite   # also time the template's `make test`
 
 Bakes the all-on service into build/bench, installs it in its own venv with uv, migrates a
@@ -605,7 +605,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a ~6 minute smoke run")
     parser.add_argument("--rounds", type=int, help="measured rounds (default 5, quick 2)")
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 5, quick 2)")
     parser.add_argument(
