@@ -88,6 +88,20 @@ def add_test_routes(app: FastAPI) -> FastAPI:
     return app
 
 
+def add_signalling_hold(app: FastAPI, seconds: float) -> asyncio.Event:
+    """A route, /test/hold-and-signal, that sets the event it returns once its session holds a
+    connection, then keeps it `seconds` in a query."""
+    holding = asyncio.Event()
+
+    @app.get("/test/hold-and-signal")
+    async def hold_and_signal(session: DbSession) -> None:
+        await session.execute(text("SELECT 1"))
+        holding.set()
+        await session.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": seconds})
+
+    return holding
+
+
 async def idle_in_transaction(database: asyncpg.Connection) -> int:
     """Sessions of the test database that a transaction left open: a leaked connection."""
     sessions: int = await database.fetchval(
@@ -234,16 +248,10 @@ async def test_a_query_the_shutdown_cuts_off_is_a_503(
     stoppable_server: PrivatePostgres, make_settings: Callable[..., Settings]
 ) -> None:
     app = create_app(make_settings(database_url=stoppable_server.url))
-    querying = asyncio.Event()
-
-    @app.get("/test/long-query")
-    async def long_query(session: DbSession) -> None:
-        await session.execute(text("SELECT 1"))
-        querying.set()
-        await session.execute(text("SELECT pg_sleep(10)"))
+    querying = add_signalling_hold(app, seconds=10)
 
     async with serve(app) as client:
-        request = asyncio.create_task(client.get("/test/long-query"))
+        request = asyncio.create_task(client.get("/test/hold-and-signal"))
         async with asyncio.timeout(5):
             await querying.wait()
         await asyncio.to_thread(stoppable_server.stop)
@@ -348,13 +356,7 @@ async def test_a_client_that_disconnects_leaves_no_connection_checked_out(
     settings: Settings, database: asyncpg.Connection
 ) -> None:
     app = add_test_routes(create_app(settings))
-    holding = asyncio.Event()
-
-    @app.get("/test/hold-and-signal")
-    async def hold_and_signal(session: DbSession) -> None:
-        await session.execute(text("SELECT 1"))
-        holding.set()
-        await session.execute(text("SELECT pg_sleep(0.5)"))
+    holding = add_signalling_hold(app, seconds=0.5)
 
     async with (
         serve_on_a_socket(app) as port,
