@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 {%- endif %}
 
+from {{ cookiecutter.package_name }}.readiness import SharedChecks
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, describe
 {% endif -%}
@@ -44,6 +45,13 @@ async def _shutdown(request: Request) -> ShutdownState:
 
 
 Shutdown = Annotated[ShutdownState, Depends(_shutdown)]
+
+
+async def _readiness_checks(request: Request) -> SharedChecks:
+    return cast(SharedChecks, request.state.readiness_checks)
+
+
+ReadinessChecks = Annotated[SharedChecks, Depends(_readiness_checks)]
 {%- if cookiecutter.use_postgres %}
 
 

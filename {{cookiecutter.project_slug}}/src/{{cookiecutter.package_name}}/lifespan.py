@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 {%- endif %}
 
+from {{ cookiecutter.package_name }}.readiness import SharedChecks, shared_checks
 {% if cookiecutter.use_http_client -%}
 from {{ cookiecutter.package_name }}.resources.http_client import open_http_client
 {% endif -%}
@@ -43,6 +44,7 @@ class State(TypedDict):
 
     settings: Settings
     shutdown: ShutdownState
+    readiness_checks: SharedChecks
 {%- if cookiecutter.use_postgres %}
     postgres: AsyncEngine
 {%- endif %}
@@ -74,6 +76,8 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_http_client %}
             "http_client": await stack.enter_async_context(open_http_client(settings, deadline)),
 {%- endif %}
+            # Last in, so first out: no check still runs on a resource that is closing.
+            "readiness_checks": await stack.enter_async_context(shared_checks(settings)),
         }
         log.info("lifespan.started", duration_ms=elapsed_ms(started), pid=os.getpid())
         yield state

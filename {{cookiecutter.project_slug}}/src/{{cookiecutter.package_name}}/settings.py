@@ -81,13 +81,20 @@ class Settings(BaseSettings):
     graceful_shutdown_timeout: int = Field(default=10, ge=1)
     # Per-resource limit of one /health/ready check.
     readiness_timeout: Seconds = 1.0
+    # Concurrent /health/ready calls share one check per resource; a finished check's result is
+    # reused for this long (0: only while it runs), so a probe flood costs one check.
+    readiness_cache_seconds: float = Field(default=1.0, ge=0)
 {%- if cookiecutter.use_postgres %}
 
     database_url: PostgresUrl
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
     # How long a request waits for a pooled connection before it gets a 503.
-    db_pool_timeout: Seconds = 5.0
+    db_pool_timeout: Seconds = 2.0
+    # Opening a connection (TCP and authentication), and each statement, commit or rollback:
+    # past these the connection is closed and the request gets a 503.
+    db_connect_timeout: Seconds = 2.0
+    db_command_timeout: Seconds = 3.0
     # The most connections this process may hold; see README "Operating it" for the sizing rule.
     db_connection_budget: int = Field(default=50, ge=1)
 {%- endif %}
@@ -95,12 +102,14 @@ class Settings(BaseSettings):
 
     redis_url: RedisUrl
     redis_max_connections: int = Field(default=50, ge=1)
-    redis_socket_timeout: Seconds = 2.0
+    # Opening a connection, and each command (a command is never retried after a timeout).
+    redis_connect_timeout: Seconds = 1.0
+    redis_socket_timeout: Seconds = 1.0
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
 
     http_client_base_url: HttpUrl | None = None
-    http_client_timeout: Seconds = 10.0
+    http_client_timeout: Seconds = 5.0
     http_client_connect_timeout: Seconds = 2.0
     http_client_max_connections: int = Field(default=100, ge=1)
     http_client_max_keepalive_connections: int = Field(default=20, ge=0)

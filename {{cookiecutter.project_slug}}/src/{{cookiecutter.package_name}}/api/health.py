@@ -10,13 +10,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
-{%- set dependencies = ["AppSettings"]
-    + (["HttpClient"] if cookiecutter.use_http_client else [])
+{%- set dependencies = (["HttpClient"] if cookiecutter.use_http_client else [])
     + (["Postgres"] if cookiecutter.use_postgres else [])
+    + ["ReadinessChecks"]
     + (["RedisClient"] if cookiecutter.use_redis else [])
     + ["Shutdown"] %}
 
 from {{ cookiecutter.package_name }}.dependencies import {{ dependencies | join(", ") }}
+from {{ cookiecutter.package_name }}.readiness import CheckResult
 {%- if cookiecutter.use_http_client %}
 from {{ cookiecutter.package_name }}.resources.http_client import ping as ping_http_client
 {%- endif %}
@@ -26,7 +27,6 @@ from {{ cookiecutter.package_name }}.resources.postgres import ping as ping_post
 {%- if cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.resources.redis import ping as ping_redis
 {%- endif %}
-from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -40,7 +40,19 @@ class Liveness(BaseModel):
 class ResourceHealth(BaseModel):
     status: Status
     latency_ms: float
+    # How long ago the check finished: concurrent probes share one check, and a result is
+    # reused for READINESS_CACHE_SECONDS.
+    age_ms: float
     error: str | None = None
+
+    @classmethod
+    def of(cls, result: CheckResult, now: float) -> "ResourceHealth":
+        return cls(
+            status="ok" if result.ok else "unavailable",
+            latency_ms=result.latency_ms,
+            age_ms=round(max(0.0, now - result.finished_at) * 1000, 2),
+            error=result.error,
+        )
 
 
 class Readiness(BaseModel):
@@ -54,25 +66,13 @@ async def live() -> Liveness:
     return Liveness(status="ok")
 
 
-async def _check(ping: Callable[[], Awaitable[None]], limit_seconds: float) -> ResourceHealth:
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(limit_seconds):
-            await ping()
-    except Exception as exc:
-        # The type is enough for an operator; messages can carry internal addresses.
-        error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        return ResourceHealth(status="unavailable", latency_ms=elapsed_ms(started), error=error)
-    return ResourceHealth(status="ok", latency_ms=elapsed_ms(started))
-
-
 @router.get(
     "/ready",
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
 )
 async def ready(
     response: Response,
-    settings: AppSettings,
+    checks: ReadinessChecks,
     shutdown: Shutdown,
 {%- if cookiecutter.use_postgres %}
     postgres: Postgres,
@@ -102,11 +102,12 @@ async def ready(
 {%- else %}
     pings: dict[str, Callable[[], Awaitable[None]]] = {}
 {%- endif %}
-    results = await asyncio.gather(
-        *(_check(ping, settings.readiness_timeout) for ping in pings.values())
-    )
-    resources = dict(zip(pings, results, strict=True))
-    healthy = all(result.status == "ok" for result in resources.values())
+    results = await asyncio.gather(*(checks.check(name, ping) for name, ping in pings.items()))
+    now = time.monotonic()
+    resources = {
+        name: ResourceHealth.of(result, now) for name, result in zip(pings, results, strict=True)
+    }
+    healthy = all(result.ok for result in results)
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Readiness(status="ok" if healthy else "unavailable", resources=resources)

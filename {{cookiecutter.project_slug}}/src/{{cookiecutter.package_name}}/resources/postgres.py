@@ -5,14 +5,19 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
+from {{ cookiecutter.package_name }}.resources.lifecycle import (
+    ResourceUnavailableError,
+    describe,
+    lifecycle,
+)
 from {{ cookiecutter.package_name }}.settings import Settings
 
 # A server that answers but will not serve: shutting down, crashed, starting up, full.
@@ -25,8 +30,9 @@ async def ping(engine: AsyncEngine) -> None:
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether `exc` says the database cannot serve right now (down, restarting, every pooled
-    connection busy) rather than that a query is wrong, which stays a 500."""
+    """Whether `exc`, raised by the engine, says the database cannot serve right now (down,
+    restarting, every pooled connection busy) rather than that a query is wrong, which stays a
+    500. (Connect failures and timeouts are raised as `ResourceUnavailableError` already.)"""
     if isinstance(exc, DBAPIError):
         sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
         return (
@@ -34,20 +40,51 @@ def is_outage(exc: BaseException) -> bool:
             or sqlstate.startswith("08")  # connection exceptions
             or sqlstate in _UNAVAILABLE_SQLSTATES
         )
-    # asyncpg raises plain OSError (refused, reset) and TimeoutError while it connects.
-    return isinstance(exc, OSError | TimeoutError | PoolTimeoutError)
+    return isinstance(exc, PoolTimeoutError)
+
+
+def _handle_error(context: ExceptionContext) -> None:
+    # One dead connection says nothing of the others (`idle_session_timeout`, a terminated
+    # backend, a NAT timeout): replace it alone. After a restart each pooled connection is
+    # replaced at its next checkout anyway (see `_replace_if_closed`).
+    context.invalidate_pool_on_disconnect = False
+    error = context.original_exception
+    if isinstance(error, TimeoutError):
+        # asyncpg's DB_COMMAND_TIMEOUT: the server stopped answering, or a statement waited on a
+        # lock. The connection is mid-conversation: close it rather than hand it back to the pool
+        # for the next request to wait on.
+        context.is_disconnect = True
+        raise ResourceUnavailableError("postgres", describe(error))
 
 
 def _replace_if_closed(
     dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
 ) -> None:
-    # A restart or failover closes every connection in the pool; asyncpg notices when the
-    # server's goodbye arrives. Raising here makes the pool drop this connection and all older
-    # ones and hand out a fresh one, with no round trip: `pool_pre_ping` would cost three
-    # (BEGIN, a ping, ROLLBACK) on every checkout, as many as a read request needs itself.
+    # A restart or failover closes the pooled connections; asyncpg notices when the server's
+    # goodbye arrives. Raising here makes the pool replace this connection (and only this one)
+    # before a request gets it, with no round trip: `pool_pre_ping` would cost three (BEGIN, a
+    # ping, ROLLBACK) on every checkout, as many as a read request needs itself.
     connection = record.driver_connection  # asyncpg's
     if connection is not None and connection.is_closed():
-        raise InvalidatePoolError("the server closed this pooled connection")
+        raise DisconnectionError("the server closed this pooled connection")
+
+
+async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(
+            url.set(drivername="postgresql").render_as_string(hide_password=False),
+            # The whole connect, TCP and authentication included: a server that accepts the
+            # connection and then says nothing must not hold a request.
+            timeout=settings.db_connect_timeout,
+            # Every statement, commit and rollback; asyncpg then cancels it on the server too,
+            # so no server-side statement_timeout is needed besides.
+            command_timeout=settings.db_command_timeout,
+            server_settings={"application_name": "{{ cookiecutter.project_slug }}"},
+        )
+    except (OSError, TimeoutError) as exc:
+        # Refused, reset or silent: the server is not there. Raised here, where it is certain
+        # that the error is the database's, so that an OSError of a handler's own stays a 500.
+        raise ResourceUnavailableError("postgres", describe(exc)) from exc
 
 
 @asynccontextmanager
@@ -55,11 +92,12 @@ async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[As
     url = make_url(settings.database_url.get_secret_value())
     engine = create_async_engine(
         url,
+        async_creator=partial(_connect, url, settings),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        connect_args={"server_settings": {"application_name": "{{ cookiecutter.project_slug }}"}},
     )
+    event.listen(engine.sync_engine, "handle_error", _handle_error)
     event.listen(engine.sync_engine, "checkout", _replace_if_closed)
     async with lifecycle(
         "postgres",

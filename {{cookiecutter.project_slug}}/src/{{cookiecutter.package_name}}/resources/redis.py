@@ -45,10 +45,16 @@ async def open_redis(settings: Settings, deadline: float) -> AsyncIterator[Redis
         decode_responses=True,
         max_connections=settings.redis_max_connections,
         socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
         # Explicit rather than the library default: two quick retries of a command that lost
-        # its connection, so a Redis restart costs a request at most ~0.3 s, not an error.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=2),
+        # its connection, so a Redis restart costs a request at most ~0.3 s, not an error. Not
+        # after a timeout (the library default retries those too): a Redis that stopped
+        # answering would then hold a request three times REDIS_SOCKET_TIMEOUT.
+        retry=Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=0.25),
+            retries=2,
+            supported_errors=(RedisConnectionError,),
+        ),
         health_check_interval=30,
         # Given its version, redis-py does not look it up in the package metadata (blocking
         # file reads on the event loop) for every new connection.
