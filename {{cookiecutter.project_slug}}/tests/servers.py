@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,6 +49,13 @@ async def async_wait_until(
             pytest.fail(f"timed out after {within}s: {message}")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
+
+
+async def timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
+    """The response, and the seconds it took."""
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
 
 
 def answers(
@@ -105,6 +113,96 @@ def silent_server() -> Iterator[int]:
         sock.listen(16)
         port: int = sock.getsockname()[1]
         yield port
+
+
+class TcpProxy:
+    """A TCP proxy in front of a real server that can go silent, as a network partition, a
+    frozen VM or a dropped conntrack entry do: it stops forwarding bytes either way but closes
+    nothing, and takes new connections without ever answering them. Then it can heal. It runs
+    its own event loop in a thread, so that it serves an app in the test's loop and a service
+    in another process alike."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self._target = (target_host, target_port)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._flowing = self._call(self._new_event)
+        self._server = self._call(
+            lambda: asyncio.start_server(self._connect, "127.0.0.1", 0, limit=2**16)
+        )
+        self.port: int = self._server.sockets[0].getsockname()[1]
+        # Connections opened through the proxy so far: a client that replaced one shows here.
+        self.connections = 0
+
+    def _call(self, make: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            result = make()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    @staticmethod
+    def _new_event() -> asyncio.Event:
+        event = asyncio.Event()
+        event.set()
+        return event
+
+    def go_silent(self) -> None:
+        self._call(self._flowing.clear)
+
+    def heal(self) -> None:
+        self._call(self._flowing.set)
+
+    async def _connect(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        try:
+            await self._flowing.wait()
+            server_in, server_out = await asyncio.open_connection(*self._target)
+        except (OSError, asyncio.CancelledError):  # unreachable, or the proxy closes
+            client_out.close()
+            return
+        await asyncio.gather(self._pipe(client_in, server_out), self._pipe(server_in, client_out))
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await source.read(2**16)
+                # Held while silent, like bytes in a partitioned network, the closing one too.
+                await self._flowing.wait()
+                if not data:
+                    break
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        async def shut_down() -> None:
+            self._server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self._call(shut_down)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@contextmanager
+def tcp_proxy(target_port: int, target_host: str = "127.0.0.1") -> Iterator[TcpProxy]:
+    proxy = TcpProxy(target_port, target_host)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @contextmanager

@@ -51,9 +51,15 @@ def _handle_error(context: ExceptionContext) -> None:
     error = context.original_exception
     if isinstance(error, TimeoutError):
         # asyncpg's DB_COMMAND_TIMEOUT: the server stopped answering, or a statement waited on a
-        # lock. The connection is mid-conversation: close it rather than hand it back to the pool
-        # for the next request to wait on.
+        # lock. The connection is mid-conversation: it must not go back to the pool.
         context.is_disconnect = True
+    if context.is_disconnect and context.connection is not None:
+        # SQLAlchemy would first try a polite close, shielded from cancellation, that waits for
+        # a silent server for seconds: drop the socket at once instead.
+        driver_connection = context.connection.connection.driver_connection  # asyncpg's
+        if driver_connection is not None:
+            driver_connection.terminate()
+    if isinstance(error, TimeoutError):
         raise ResourceUnavailableError("postgres", describe(error))
 
 

@@ -1,0 +1,88 @@
+"""PostgreSQL that stops answering without closing anything (a network partition, a frozen VM, a
+dropped conntrack entry): deadlines bound every request and probe, a silent connection is never
+reused, the rest of the service answers as usual, and it recovers when the network heals."""
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy.engine import make_url
+from structlog.typing import EventDict
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import assert_answered_unavailable, serve
+from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
+
+CONNECT_TIMEOUT, COMMAND_TIMEOUT, READINESS_TIMEOUT = 0.5, 1.0, 0.3
+# Scheduling and a loaded CI machine; smaller than the gap between the two timeouts above, so
+# that a request bounded by one cannot pass for the other.
+SLACK = 0.4
+
+
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[TcpProxy]:
+    url = make_url(database_url)
+    with tcp_proxy(url.port or 5432, url.host or "127.0.0.1") as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def settings_through_proxy(
+    proxy: TcpProxy, database_url: str, make_settings: Callable[..., Settings]
+) -> Settings:
+    url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+    return make_settings(
+        database_url=url.render_as_string(hide_password=False),
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_connect_timeout=CONNECT_TIMEOUT,
+        db_command_timeout=COMMAND_TIMEOUT,
+        readiness_timeout=READINESS_TIMEOUT,
+        readiness_cache_seconds=0,
+    )
+
+
+async def test_a_silent_database_costs_each_request_one_deadline_and_heals_by_itself(
+    proxy: TcpProxy, settings_through_proxy: Settings, events: list[EventDict]
+) -> None:
+    async with serve(create_app(settings_through_proxy)) as client:
+        note = (await client.post("/notes", json={"text": "before"})).json()
+        read_note = f"/notes/{note['id']}"
+        assert (await client.get(read_note)).status_code == 200
+
+        await asyncio.to_thread(proxy.go_silent)
+        # The one pooled connection goes silent mid-statement: DB_COMMAND_TIMEOUT bounds it.
+        first = asyncio.create_task(timed(client.get(read_note)))
+        # Meanwhile what needs no database answers at once.
+        live, live_seconds = await timed(client.get("/health/live"))
+        ready, ready_seconds = await timed(client.get("/health/ready"))
+        first_response, first_seconds = await first
+        # That connection was discarded: the next request opens a new one, which the silent
+        # server never answers, and DB_CONNECT_TIMEOUT bounds it (reusing the old one would
+        # take DB_COMMAND_TIMEOUT again).
+        connections_before = proxy.connections
+        second_response, second_seconds = await timed(client.get(read_note))
+        assert proxy.connections == connections_before + 1
+
+        await asyncio.to_thread(proxy.heal)
+        recovered_after = await async_wait_until(
+            answers(client, read_note, 200), within=5, message="reads never recovered"
+        )
+        await async_wait_until(
+            answers(client, "/health/ready", 200), within=5, message="readiness stayed 503"
+        )
+
+    assert (live.status_code, ready.status_code) == (200, 503)
+    assert live_seconds < 0.25
+    assert ready.json()["resources"]["postgres"] | {"latency_ms": 0, "age_ms": 0} == {
+        "status": "unavailable",
+        "error": "timeout",
+        "latency_ms": 0,
+        "age_ms": 0,
+    }
+    assert ready_seconds < READINESS_TIMEOUT + SLACK
+    assert_answered_unavailable([first_response, second_response], events, "postgres")
+    assert COMMAND_TIMEOUT <= first_seconds < COMMAND_TIMEOUT + SLACK
+    assert CONNECT_TIMEOUT <= second_seconds < CONNECT_TIMEOUT + SLACK
+    assert recovered_after < 2
