@@ -11,6 +11,7 @@ FILES_BY_RESOURCE = {
         PACKAGE / "api" / "notes.py",
         PACKAGE / "models.py",
         Path("tests") / "test_postgres.py",
+        Path("tests") / "test_postgres_silent.py",
         Path("tests") / "test_migrations.py",
         Path("alembic.ini"),
         Path("migrations"),
@@ -19,11 +20,13 @@ FILES_BY_RESOURCE = {
         PACKAGE / "resources" / "redis.py",
         PACKAGE / "api" / "cache.py",
         Path("tests") / "test_redis.py",
+        Path("tests") / "test_redis_silent.py",
     ],
     "http_client": [
         PACKAGE / "resources" / "http_client.py",
         PACKAGE / "api" / "upstream.py",
         Path("tests") / "test_http_client.py",
+        Path("tests") / "test_http_client_silent.py",
     ],
 }
 ENABLED = {

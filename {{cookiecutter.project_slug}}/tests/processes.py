@@ -2,8 +2,10 @@
 service whose JSON log a test can read while it runs, and waiting for it to be ready."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.servers import wait_until
+from tests.servers import TcpProxy, wait_until
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 COMMANDS = {
@@ -88,3 +90,35 @@ def json_lines(stdout: str) -> list[dict[str, Any]]:
     for line in lines:
         assert {"event", "level", "timestamp"} <= set(line), line
     return lines
+
+
+def stopped_while_silent(
+    env: dict[str, str], cwd: Path, proxy: TcpProxy
+) -> tuple[float, list[dict[str, Any]]]:
+    """Serve with `env`, make `proxy` (in front of one of its resources) go silent, SIGTERM the
+    service, which must exit 0: the seconds that took, and its log."""
+    with running("python -m", env, cwd) as service:
+        wait_until_ready(service, env["PORT"])
+        proxy.go_silent()
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
+        seconds = time.monotonic() - signalled
+    assert returncode == 0, stderr
+    return seconds, json_lines(stdout)
+
+
+def closing_events(log: list[dict[str, Any]]) -> dict[str, str]:
+    """How each resource ended: resource.closed or resource.close_failed."""
+    ends = {"resource.closed", "resource.close_failed"}
+    return {line["resource"]: line["event"] for line in log if line["event"] in ends}
+
+
+def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
+    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
+    resources x SHUTDOWN_TIMEOUT, with the defaults where `env` sets none."""
+    return (
+        float(env.get("DRAIN_SECONDS", 0))
+        + float(env.get("GRACEFUL_SHUTDOWN_TIMEOUT", 10))
+        + resources * float(env.get("SHUTDOWN_TIMEOUT", 5))
+    )

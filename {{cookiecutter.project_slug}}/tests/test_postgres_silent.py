@@ -4,6 +4,7 @@ reused, the rest of the service answers as usual, and it recovers when the netwo
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -11,13 +12,16 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import assert_answered_unavailable, serve
+from tests.conftest import RESOURCES, assert_answered_unavailable, serve
+from tests.processes import closing_events, stopped_while_silent, worst_case_stop_seconds
 from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
 
 CONNECT_TIMEOUT, COMMAND_TIMEOUT, READINESS_TIMEOUT = 0.5, 1.0, 0.3
 # Scheduling and a loaded CI machine; smaller than the gap between the two timeouts above, so
 # that a request bounded by one cannot pass for the other.
 SLACK = 0.4
+# A process's own start of shutdown and exit, on a loaded CI machine.
+PROCESS_SLACK = 2.0
 
 
 @pytest.fixture
@@ -86,3 +90,22 @@ async def test_a_silent_database_costs_each_request_one_deadline_and_heals_by_it
     assert COMMAND_TIMEOUT <= first_seconds < COMMAND_TIMEOUT + SLACK
     assert CONNECT_TIMEOUT <= second_seconds < CONNECT_TIMEOUT + SLACK
     assert recovered_after < 2
+
+
+def test_sigterm_with_the_database_silent_exits_0_within_the_bound(
+    proxy: TcpProxy, settings_through_proxy: Settings, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env |= {
+        "DATABASE_URL": settings_through_proxy.database_url.get_secret_value(),
+        "GRACEFUL_SHUTDOWN_TIMEOUT": "1",
+        "SHUTDOWN_TIMEOUT": "1",
+    }
+
+    seconds, log = stopped_while_silent(service_env, tmp_path, proxy)
+
+    assert seconds < worst_case_stop_seconds(service_env, len(RESOURCES)) + PROCESS_SLACK
+    # Closing the pooled connection waits on the silent server until SHUTDOWN_TIMEOUT; the
+    # other resources close all the same.
+    assert closing_events(log) == dict.fromkeys(RESOURCES, "resource.closed") | {
+        "postgres": "resource.close_failed"
+    }
