@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -15,8 +16,9 @@ import uvicorn
 from alembic import command
 from fastapi import FastAPI, HTTPException
 from httpx import AsyncClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import Pool
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -176,6 +178,71 @@ async def test_a_failing_commit_is_a_500_not_a_success(
     assert await database.fetchval(f"SELECT count(*) FROM {table}") == 0  # noqa: S608
 
 
+async def test_a_handlers_own_os_and_timeout_errors_are_500s_not_outages(
+    app: FastAPI, client: AsyncClient, events: list[EventDict]
+) -> None:
+    @app.get("/test/file-error")
+    async def file_error(session: DbSession) -> None:
+        await session.execute(text("SELECT 1"))
+        await asyncio.to_thread(Path("/nonexistent/file").read_text)
+
+    @app.get("/test/own-timeout")
+    async def own_timeout(session: DbSession) -> None:
+        await session.execute(text("SELECT 1"))
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+
+    responses = [await client.get("/test/file-error"), await client.get("/test/own-timeout")]
+
+    assert [response.status_code for response in responses] == [500, 500]
+    assert [e for e in events if e["event"] == "resource.unavailable"] == []
+
+
+@asynccontextmanager
+async def counting_new_connections() -> AsyncIterator[list[object]]:
+    """Every connection any pool opens meanwhile."""
+    opened: list[object] = []
+
+    def count(dbapi_connection: object, record: object) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(Pool, "connect", count)
+    try:
+        yield opened
+    finally:
+        event.remove(Pool, "connect", count)
+
+
+async def test_one_terminated_backend_costs_one_new_connection(
+    make_settings: Callable[..., Settings], database: asyncpg.Connection
+) -> None:
+    pooled = 4
+    app = add_test_routes(create_app(make_settings(db_pool_size=pooled)))
+    backends = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = '{{ cookiecutter.project_slug }}'"
+    )
+    async with serve(app) as client:
+        await asyncio.gather(*(client.get("/test/hold?seconds=0.2") for _ in range(pooled)))
+        assert (await client.get("/test/checked-in")).json() == pooled
+        [victim, *_] = [row["pid"] for row in await database.fetch(backends)]
+
+        async with counting_new_connections() as opened:
+            await database.execute("SELECT pg_terminate_backend($1)", victim)
+
+            async def gone() -> bool:
+                return victim not in [row["pid"] for row in await database.fetch(backends)]
+
+            await async_wait_until(gone, within=5, message="the backend was never terminated")
+            # One after another: the pool hands out its connections in turn, so each is
+            # checked out at least once after the dead one was found.
+            after = [await client.get("/notes/999999999") for _ in range(2 * pooled)]
+
+    assert [response.status_code for response in after] == [404] * 2 * pooled
+    # The dead connection is replaced, and the healthy ones are kept.
+    assert len(opened) == 1
+
+
 async def test_sessions_are_closed_and_no_transaction_is_left_open(
     app: FastAPI, client: AsyncClient, database: asyncpg.Connection
 ) -> None:
@@ -282,9 +349,12 @@ async def test_connections_a_restart_dropped_never_reach_a_request(
         # A restart between requests: every pooled connection is now one the server dropped.
         await asyncio.to_thread(stoppable_server.stop)
         await asyncio.to_thread(stoppable_server.start)
-        after = await asyncio.gather(*(client.get("/notes/999999999") for _ in range(pooled)))
+        async with counting_new_connections() as opened:
+            after = await asyncio.gather(*(client.get("/notes/999999999") for _ in range(pooled)))
 
     assert [response.status_code for response in after] == [404] * pooled
+    # Each dead connection is replaced once, when a request would have got it.
+    assert len(opened) == pooled
 
 
 async def test_a_read_sends_the_server_three_statements_and_no_ping(
