@@ -228,7 +228,8 @@ async def test_one_terminated_backend_costs_one_new_connection(
         [victim, *_] = [row["pid"] for row in await database.fetch(backends)]
 
         async with counting_new_connections() as opened:
-            await database.execute("SELECT pg_terminate_backend($1)", victim)
+            # Waits until the backend has exited, and so closed its end of the connection.
+            assert await database.fetchval("SELECT pg_terminate_backend($1, 5000)", victim)
 
             async def gone() -> bool:
                 return victim not in [row["pid"] for row in await database.fetch(backends)]

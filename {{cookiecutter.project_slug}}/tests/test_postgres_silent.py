@@ -20,7 +20,8 @@ from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
 
 CONNECT_TIMEOUT, COMMAND_TIMEOUT, READINESS_TIMEOUT = 0.5, 1.0, 0.3
 # Scheduling and a loaded CI machine; smaller than the gap between the two timeouts above, so
-# that a request bounded by one cannot pass for the other.
+# that a request bounded by one cannot pass for the other (asyncpg's cancel requests open
+# connections of their own, so counting connections at the proxy would not tell them apart).
 SLACK = 0.4
 # A process's own start of shutdown and exit, on a loaded CI machine.
 PROCESS_SLACK = 2.0
@@ -77,11 +78,9 @@ async def test_a_silent_database_costs_each_request_one_deadline_and_heals_by_it
         # ...while what needs no database answers at once.
         live, live_seconds = await timed(client.get("/health/live"))
         (querying, querying_seconds) = await reading
-        # ...and that connection is not reused: the next read opens a new one (reusing the old
-        # one would take DB_COMMAND_TIMEOUT again).
-        connections_before = proxy.connections
+        # ...and that connection is not reused: the next read opens a new one, bounded by
+        # DB_CONNECT_TIMEOUT (reusing the old one would take DB_COMMAND_TIMEOUT again).
         reconnecting, reconnecting_seconds = await timed(client.get(read_note))
-        opened = proxy.connections - connections_before
         second_recovery = await heal()
         await async_wait_until(
             answers(client, "/health/ready", 200), within=5, message="readiness stayed 503"
@@ -94,7 +93,6 @@ async def test_a_silent_database_costs_each_request_one_deadline_and_heals_by_it
     assert CONNECT_TIMEOUT <= connecting_seconds < CONNECT_TIMEOUT + SLACK
     assert COMMAND_TIMEOUT <= querying_seconds < COMMAND_TIMEOUT + SLACK
     assert CONNECT_TIMEOUT <= reconnecting_seconds < CONNECT_TIMEOUT + SLACK
-    assert opened == 1
     assert (live.status_code, live_seconds < 0.25) == (200, True)
     assert max(first_recovery, second_recovery) < 2
 
