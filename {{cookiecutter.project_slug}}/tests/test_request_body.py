@@ -9,8 +9,11 @@ import httpx
 import pytest
 from fastapi import Body, FastAPI, Request
 from httpx import AsyncClient
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import serve
 from tests.processes import running, url, wait_until_ready
 
 LIMIT = 1024
@@ -104,6 +107,38 @@ async def test_a_body_of_exactly_the_limit_passes_and_one_byte_more_does_not(
     assert response.status_code == status_code
     if status_code == 200:
         assert response.json() == size
+
+
+class AnswersWithTheBodyLength:
+    """A middleware that reads the whole body itself, like a signature check: inside the
+    request context middleware, but outside the app's exception handling."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length, more_body = 0, True
+        while more_body:
+            message = await receive()
+            length += len(message.get("body", b""))
+            more_body = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(length).encode()})
+
+
+@pytest.mark.parametrize(("size", "status_code"), [(LIMIT, 200), (100 * LIMIT, 413)])
+async def test_a_body_read_outside_the_apps_exception_handling_is_refused_too(
+    app: FastAPI, size: int, status_code: int
+) -> None:
+    app.user_middleware.append(Middleware(AnswersWithTheBodyLength))  # the innermost one
+    async with serve(app) as client:
+        response = await client.post("/anything", content=Chunks(size))
+
+    assert response.status_code == status_code
+    assert response.json() == (size if status_code == 200 else TOO_LARGE)
 
 
 def peak_rss_bytes(pid: int) -> int:

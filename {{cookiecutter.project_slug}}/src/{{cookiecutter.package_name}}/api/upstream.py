@@ -36,7 +36,7 @@ def _refuse_dot_segments(path: str) -> None:
         decoded = once_more
     if any(segment in {".", ".."} for segment in decoded.replace("\\", "/").split("/")):
         raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, "the path must not contain . or .. segments"
+            status.HTTP_400_BAD_REQUEST, 'the path must not contain "." or ".." segments'
         )
 
 
