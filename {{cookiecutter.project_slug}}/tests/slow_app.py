@@ -1,9 +1,11 @@
 """The service's own app plus routes that take their time, for the shutdown tests to stop it
-while requests are in flight: `main("tests.slow_app:app")` serves it as `python -m` would."""
+while requests are in flight, and one that reads a whole request body: `main("tests.slow_app:app")`
+serves it as `python -m` would."""
 
 import asyncio
 from collections.abc import AsyncIterator
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from {{ cookiecutter.package_name }}.main import app
@@ -38,3 +40,9 @@ async def stream() -> StreamingResponse:
             await asyncio.sleep(0.05)
 
     return StreamingResponse(ticks(), media_type="text/plain")
+
+
+@app.post("/test/body")
+async def body(request: Request) -> int:
+    """Reads the whole body into memory, as a route with a JSON body does."""
+    return len(await request.body())

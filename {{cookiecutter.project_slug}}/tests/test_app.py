@@ -10,7 +10,7 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import RESOURCES
+from tests.conftest import RESOURCES, serve
 
 
 async def test_liveness_touches_no_resource(settings: Settings) -> None:
@@ -59,6 +59,31 @@ async def test_request_id_is_echoed_and_bound_to_the_request_log(
     assert request_log["request_id"] == "req-123"
     assert request_log["status"] == 200
     assert request_log["path"] == "/health/live"
+    assert request_log["log_level"] == "debug"  # a probe: PROBE_LOG_LEVEL
+
+
+@pytest.mark.parametrize(
+    ("probe_log_level", "path", "logged_at"),
+    [
+        ("DEBUG", "/health/live", "debug"),
+        ("DEBUG", "/health/ready", "debug"),
+        ("DEBUG", "/not-a-probe", "info"),
+        ("INFO", "/health/live", "info"),
+        ("WARNING", "/health/ready", "warning"),
+    ],
+)
+async def test_probes_are_logged_at_their_own_level(
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+    probe_log_level: str,
+    path: str,
+    logged_at: str,
+) -> None:
+    async with serve(create_app(make_settings(probe_log_level=probe_log_level))) as client:
+        await client.get(path)
+
+    [request_log] = [e for e in events if e["event"] == "http.request"]
+    assert (request_log["path"], request_log["log_level"]) == (path, logged_at)
 
 
 @pytest.mark.parametrize("bad_id", ["x" * 1000, "bad\x01id", "two words", ""])

@@ -2,18 +2,22 @@
 and neither waits on a hung upstream nor queues beyond its connection limit."""
 
 import asyncio
+import http.client
 import importlib.abc
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 
+import pytest
 from httpx import AsyncClient
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import serve
+from tests.processes import running, wait_until_ready
 from tests.servers import free_port, silent_server
 
 
@@ -111,3 +115,58 @@ async def test_calls_beyond_the_connection_limit_are_503s_not_a_queue(
     statuses = sorted(response.status_code for response in responses)
     # The calls that got a connection wait for the hung upstream; the others are shed at once.
     assert statuses == [503] * (calls - connections) + [504] * connections
+
+
+# Each would reach /admin on the upstream if its dot segments were resolved, by the client, the
+# upstream or a proxy between them.
+PATHS_OUT_OF_THE_BASE_URL = [
+    "..%2F..%2Fadmin",
+    "%2e%2e/%2e%2e/admin",
+    "%252e%252e%252fadmin",
+    "%25252e%25252e%25252fadmin",
+    "a/../../admin",
+    ".%2e/admin",
+    "%2E%2E/admin",
+    "..\\admin",
+    "..%5Cadmin",
+]
+
+
+def get_as_written(port: str, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written: httpx would resolve the dot segments of `a/../..` first."""
+    connection = http.client.HTTPConnection("127.0.0.1", int(port))
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_no_path_leads_the_upstream_call_out_of_the_base_url(
+    service_env: dict[str, str], upstream_url: str, tmp_path: Path
+) -> None:
+    service_env["HTTP_CLIENT_BASE_URL"] = f"{upstream_url}/api/"
+    # Per path: the status, and the path the upstream saw if the call was made.
+    outcomes: dict[str, tuple[int, str | None]] = {}
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        for path in PATHS_OUT_OF_THE_BASE_URL:
+            status, body = get_as_written(service_env["PORT"], f"/upstream/{path}")
+            reached = json.loads(json.loads(body)["body"])["path"] if status == 200 else None
+            outcomes[path] = (status, reached)
+
+    # Refused before any call, whatever the upstream would have made of it.
+    assert outcomes == dict.fromkeys(PATHS_OUT_OF_THE_BASE_URL, (400, None))
+
+
+@pytest.mark.parametrize("path", ["a/b.txt", "a..b", "a/..b/c."])
+async def test_paths_with_dots_that_stay_under_the_base_url_pass(
+    make_settings: Callable[..., Settings], upstream_url: str, path: str
+) -> None:
+    settings = make_settings(http_client_base_url=f"{upstream_url}/api/")
+    async with serve(create_app(settings)) as client:
+        response = await client.get(f"/upstream/{path}")
+
+    assert response.status_code == 200
+    assert json.loads(response.json()["body"])["path"] == f"/api/{path}"

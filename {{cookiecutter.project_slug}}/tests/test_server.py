@@ -25,6 +25,7 @@ from tests.servers import {{ server_helpers | join(", ") }}
 def test_serves_logs_json_and_stops_cleanly_on_sigterm(
     how: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:
+    service_env["PROBE_LOG_LEVEL"] = "INFO"  # for the request line of /health/live
     with running(how, service_env, tmp_path) as service:
         wait_until_ready(service, service_env["PORT"])
         response = httpx.get(
@@ -46,6 +47,28 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(
     assert {"path": "/health/live", "status": 200, "request_id": "from-the-test"}.items() <= (
         requests[-1].items()
     )
+
+
+@pytest.mark.parametrize("probe_log_level", [None, "INFO"], ids=["default", "PROBE_LOG_LEVEL=INFO"])
+def test_at_log_level_info_health_probes_are_logged_only_when_asked(
+    probe_log_level: str | None, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env["LOG_LEVEL"] = "INFO"
+    if probe_log_level is not None:
+        service_env["PROBE_LOG_LEVEL"] = probe_log_level
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        live = httpx.get(url(service_env, "/health/live"))
+        not_found = httpx.get(url(service_env, "/not-a-probe"))
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
+
+    assert (live.status_code, not_found.status_code, returncode) == (200, 404, 0), stderr
+    logged = [line["path"] for line in json_lines(stdout) if line["event"] == "http.request"]
+    if probe_log_level is None:
+        assert logged == ["/not-a-probe"]
+    else:
+        assert logged[-2:] == ["/health/live", "/not-a-probe"]
 
 
 @pytest.mark.parametrize("how", list(COMMANDS))

@@ -47,7 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
         },
     )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        probe_log_level=settings.probe_log_level,
+    )
     app.include_router(health.router)
 {%- if cookiecutter.use_postgres %}
     app.include_router(notes.router)

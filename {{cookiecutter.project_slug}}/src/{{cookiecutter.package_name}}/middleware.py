@@ -1,10 +1,14 @@
-"""Request ids and one log line per request, as a pure ASGI middleware (no response buffering)."""
+"""Request ids, a limit on request bodies and one log line per request, as a pure ASGI
+middleware (no response buffering)."""
 
+import json
+import logging
 import re
 import secrets
 import time
 
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
@@ -16,7 +20,25 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _INTERNAL_ERROR_BODY = b'{"detail":"Internal Server Error"}'
 
+# Requests to these paths are logged at PROBE_LOG_LEVEL rather than INFO.
+_PROBE_PATH_PREFIX = "/health/"
+
 log = structlog.get_logger(__name__)
+
+
+class RequestBodyTooLarge(HTTPException):
+    """Raised from `receive` as soon as the body read so far exceeds the limit. An HTTPException
+    because FastAPI passes those on while it reads a body (any other error becomes a 400), so
+    that the app's exception handling answers it as a 413."""
+
+    def __init__(self, limit: int) -> None:
+        # The rest of the body is never read: closing the connection spares the server from
+        # receiving it only to throw it away.
+        super().__init__(413, _too_large_detail(limit), headers={"Connection": "close"})
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"request body too large: the limit is {limit} bytes"
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -27,9 +49,45 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+def _declared_body_length(scope: Scope) -> int:
+    """The Content-Length the client declared; 0 without one (a chunked body is counted as it
+    is read). The server has already refused a malformed one."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def _limit_body(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising RequestBodyTooLarge once more than `limit` body bytes have come."""
+    received = 0
+
+    async def receive_within_limit() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise RequestBodyTooLarge(limit)
+        return message
+
+    return receive_within_limit
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    start_headers = [(b"content-type", b"application/json"), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, probe_log_level: str) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        self._probe_level = logging.getLevelNamesMapping()[probe_log_level]
+        self._too_large_body = json.dumps({"detail": _too_large_detail(max_body_bytes)}).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,23 +110,27 @@ class RequestContextMiddleware:
         # this task. (Tokens, unlike bound_contextvars(), do not copy the whole context.)
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await self.app(scope, receive, send_with_request_id)
+            if _declared_body_length(scope) > self.max_body_bytes:
+                await self._refuse_too_large(send_with_request_id)  # before a byte is read
+            else:
+                receive_within_limit = _limit_body(receive, self.max_body_bytes)
+                await self.app(scope, receive_within_limit, send_with_request_id)
+        except RequestBodyTooLarge:
+            # From a body read outside the app's exception handling (another middleware).
+            if status_code is not None:
+                raise
+            await self._refuse_too_large(send_with_request_id)
         except Exception:
             # Logged here, where the request id is bound, and answered here so that even a 500
             # carries the id the client can quote.
             log.exception("http.unhandled_error")
             if status_code is not None:
                 raise  # the response has started: only dropping the connection is left
-            await send_with_request_id(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send_with_request_id({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
+            await _send_json(send_with_request_id, 500, _INTERNAL_ERROR_BODY)
         finally:
-            log.info(
+            is_probe = scope["path"].startswith(_PROBE_PATH_PREFIX)
+            log.log(
+                self._probe_level if is_probe else logging.INFO,
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
@@ -76,3 +138,6 @@ class RequestContextMiddleware:
                 duration_ms=elapsed_ms(started),
             )
             structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _refuse_too_large(self, send: Send) -> None:
+        await _send_json(send, 413, self._too_large_body, [(b"connection", b"close")])

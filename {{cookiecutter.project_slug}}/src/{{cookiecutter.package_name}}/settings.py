@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: LogLevel = "INFO"
+    # Health probes come every few seconds from every pod: their request lines would drown the
+    # rest at INFO.
+    probe_log_level: LogLevel = "DEBUG"
+    # Larger request bodies get a 413 before they are read: an unread body costs no memory,
+    # while a JSON body takes several times its size once decoded. 1 MiB (nginx's default
+    # client_max_body_size) is far above what the example routes accept.
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1)
     # The deadline for opening every resource, retries included.
     startup_timeout: Seconds = 10.0
     # How long each resource may take to close before we give up on it.

@@ -1,6 +1,7 @@
 """Example outgoing call through the shared HTTP client (to HTTP_CLIENT_BASE_URL)."""
 
 from typing import Annotated
+from urllib.parse import unquote
 
 import httpx
 from fastapi import APIRouter, HTTPException, status
@@ -24,6 +25,21 @@ def _is_a_url_path(path: str) -> str:
 UpstreamPath = Annotated[str, AfterValidator(_is_a_url_path)]
 
 
+def _refuse_dot_segments(path: str) -> None:
+    """A `..` would lead the upstream call out from under HTTP_CLIENT_BASE_URL's path, however
+    it is spelled: percent-encoded (httpx sends `%2e%2e` as it is, and the upstream may decode
+    it), encoded twice or more (`%252e`: servers and proxies decode again), or with backslashes
+    (read as slashes by some servers). No legitimate path needs a dot segment, so `.` and `..`
+    are refused as they read once fully decoded, rather than resolved."""
+    decoded = path
+    while (once_more := unquote(decoded)) != decoded:  # every round is shorter: it ends
+        decoded = once_more
+    if any(segment in {".", ".."} for segment in decoded.replace("\\", "/").split("/")):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, 'the path must not contain "." or ".." segments'
+        )
+
+
 class UpstreamReply(BaseModel):
     status_code: int
     body: str
@@ -32,6 +48,7 @@ class UpstreamReply(BaseModel):
 @router.get(
     "/{path:path}",
     responses={
+        status.HTTP_400_BAD_REQUEST: {},
         status.HTTP_502_BAD_GATEWAY: {},
         status.HTTP_503_SERVICE_UNAVAILABLE: {},
         status.HTTP_504_GATEWAY_TIMEOUT: {},
@@ -40,6 +57,7 @@ class UpstreamReply(BaseModel):
 async def call_upstream(
     path: UpstreamPath, client: HttpClient, settings: AppSettings
 ) -> UpstreamReply:
+    _refuse_dot_segments(path)
     if settings.http_client_base_url is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "HTTP_CLIENT_BASE_URL is not set")
     try:
