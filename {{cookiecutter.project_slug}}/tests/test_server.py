@@ -1,19 +1,38 @@
 {%- set verified = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """The service as a process: both ways of starting it, JSON logs, SIGTERM, startup failures."""
 
+{% if cookiecutter.use_postgres -%}
+import asyncio
+{% endif -%}
 import signal
 import time
+{% if cookiecutter.use_postgres -%}
+import uuid
+from collections.abc import Iterator
+{% endif -%}
 from concurrent.futures import ThreadPoolExecutor
+{%- if cookiecutter.use_postgres %}
+from contextlib import ExitStack, contextmanager
+{%- elif verified %}
+from contextlib import ExitStack
+{%- endif %}
 from pathlib import Path
 from typing import Any
 
+{% if cookiecutter.use_postgres -%}
+import asyncpg
+{% endif -%}
 import httpx
 import pytest
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import make_url
 {%- endif %}
 
+{% if cookiecutter.use_postgres -%}
+from tests.conftest import ADMIN_DATABASE_URL, RESOURCES, asyncpg_dsn
+{%- else -%}
 from tests.conftest import RESOURCES
+{%- endif %}
 from tests.processes import COMMANDS, Service, finish, json_lines, running, url, wait_until_ready
 {%- set server_helpers = (["free_port"] if verified else [])
     + (["private_redis"] if cookiecutter.use_redis else [])
@@ -80,18 +99,41 @@ def test_an_unreachable_resource_stops_startup_with_a_nonzero_exit(
     assert any("ResourceUnavailableError" in line["event"] for line in lines)
 
 
-def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: Path) -> None:
 {%- if cookiecutter.use_postgres %}
-    # Trust authentication ignores the password, so the service starts with it.
-    service_env["DATABASE_URL"] = (
-        make_url(service_env["DATABASE_URL"])
-        .set(password="s3cret-pg")
-        .render_as_string(hide_password=False)
-    )
+
+
+@contextmanager
+def role_with_password(database_url: str, password: str) -> Iterator[str]:
+    """`database_url` as a role of its own that logs in with `password`: on a server that
+    checks passwords (CI's PostgreSQL container) as well as on one that trusts local clients."""
+    role = f"test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(ADMIN_DATABASE_URL))
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
+    try:
+        url = make_url(database_url).set(username=role, password=password)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP ROLE "{role}"'))
 {%- endif %}
+
+
+def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: Path) -> None:
     outputs = []
+    with ExitStack() as servers:
+{%- if cookiecutter.use_postgres %}
+        service_env["DATABASE_URL"] = servers.enter_context(
+            role_with_password(service_env["DATABASE_URL"], "s3cret-pg")
+        )
+{%- endif %}
 {%- if cookiecutter.use_redis %}
-    with private_redis(password="s3cret-redis") as redis_server:
+        redis_server = servers.enter_context(private_redis(password="s3cret-redis"))
         for password in ("s3cret-redis", "s3cret-wrong"):
             service_env["REDIS_URL"] = f"redis://:{password}@127.0.0.1:{redis_server.port}/0"
             service_env["STARTUP_TIMEOUT"] = "1"
@@ -102,10 +144,10 @@ def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: P
                 outputs.append(finish(service))
     assert [returncode == 0 for returncode, _, _ in outputs] == [True, False]
 {%- else %}
-    with running("python -m", service_env, tmp_path) as service:
-        wait_until_ready(service, service_env["PORT"])
-        service.process.send_signal(signal.SIGTERM)
-        outputs.append(finish(service))
+        with running("python -m", service_env, tmp_path) as service:
+            wait_until_ready(service, service_env["PORT"])
+            service.process.send_signal(signal.SIGTERM)
+            outputs.append(finish(service))
     assert outputs[0][0] == 0
 {%- endif %}
 
