@@ -116,9 +116,11 @@ async def simulate_user(
             except httpx.HTTPError as exc:
                 results[route.name].record_error(f"{type(exc).__name__}: {exc}")
                 continue
-            results[route.name].latencies_ms.append((time.perf_counter() - started) * 1000)
             if response.status_code != route.expected_status:
+                # An error, counted once, and not a latency: p50 and p99 are those of successes.
                 results[route.name].record_error(f"status {response.status_code}: {response.text}")
+                continue
+            results[route.name].latencies_ms.append((time.perf_counter() - started) * 1000)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

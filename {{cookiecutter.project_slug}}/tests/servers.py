@@ -104,7 +104,15 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def upstream_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    """An upstream that echoes what it received; yields its URL."""
+    with http_server(_EchoHandler) as url:
+        yield url
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server answering with `handler`, in a thread; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
