@@ -1,5 +1,6 @@
 """The service's own app plus routes that take their time, for the shutdown tests to stop it
-while requests are in flight: `main("tests.slow_app:app")` serves it as `python -m` would."""
+while requests are in flight, and one that fails, for what an unhandled error logs:
+`main("tests.slow_app:app")` serves it as `python -m` would."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -38,3 +39,8 @@ async def stream() -> StreamingResponse:
             await asyncio.sleep(0.05)
 
     return StreamingResponse(ticks(), media_type="text/plain")
+
+
+@app.get("/test/fail")
+async def fail() -> None:
+    raise RuntimeError("a bug in a route")

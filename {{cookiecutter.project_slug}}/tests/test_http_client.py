@@ -112,6 +112,5 @@ async def test_calls_beyond_the_connection_limit_are_503s_not_a_queue(
 
     answers = sorted((response.status_code, response.json()["detail"]) for response in responses)
     # The calls that got a connection wait for the hung upstream; the others are shed at once.
-    assert answers == [(503, "upstream busy")] * (calls - connections) + [
-        (504, "upstream timed out")
-    ] * connections
+    shed, timed_out = (503, "upstream busy"), (504, "upstream timed out")
+    assert answers == [shed] * (calls - connections) + [timed_out] * connections

@@ -4,6 +4,7 @@
 {% if cookiecutter.use_postgres -%}
 import asyncio
 {% endif -%}
+import re
 import signal
 import time
 {% if cookiecutter.use_postgres -%}
@@ -35,6 +36,7 @@ from tests.conftest import RESOURCES
 {%- endif %}
 from tests.processes import COMMANDS, Service, finish, json_lines, running, url, wait_until_ready
 {%- set server_helpers = (["free_port"] if verified else [])
+    + (["private_postgres"] if cookiecutter.use_postgres else [])
     + (["private_redis"] if cookiecutter.use_redis else [])
     + ["wait_until"] %}
 from tests.servers import {{ server_helpers | join(", ") }}
@@ -158,6 +160,82 @@ def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: P
 
 def events_of(lines: list[dict[str, Any]]) -> list[str]:
     return [line["event"] for line in lines]
+
+
+def traceback_frames(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The frames of a JSON line's traceback, of every exception in its chain."""
+    return [frame for exception in line["exception"] for frame in exception["frames"]]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_an_unhandled_error_logs_its_traceback_without_the_request_headers(
+    log_format: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env["LOG_FORMAT"] = log_format
+    secrets = {"Authorization": "Bearer s3cret-token", "Cookie": "session=s3cret-cookie"}
+    with running("slow app", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        response = httpx.get(url(service_env, "/test/fail"), headers=secrets)
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
+
+    assert response.status_code == 500
+    assert returncode == 0, stderr
+    # The traceback is there, down to the failing route; the request's headers are not.
+    if log_format == "json":
+        [error] = [line for line in json_lines(stdout) if line["event"] == "http.unhandled_error"]
+        assert "fail" in [frame["name"] for frame in traceback_frames(error)]
+    else:
+        # Rich's traceback, if rich is installed, is coloured even when stdout is no terminal.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", stdout)
+        assert "RuntimeError: a bug in a route" in text
+        # Rich folds long lines into its box: read the frame's line without the box.
+        assert re.search(r"tests/slow_app\.py:\d+infail", re.sub(r"[\s│]", "", text))
+    assert "s3cret" not in stdout + stderr
+{%- if cookiecutter.use_postgres %}
+
+
+async def change_password_and_disconnect(server_url: str, password: str) -> None:
+    """Give the server's postgres role a new password and end every other session: the
+    service's next connection logs in with the password that is now wrong."""
+    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await admin.execute(f"ALTER ROLE postgres PASSWORD '{password}'")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
+def test_a_wrong_database_password_is_a_500_whose_traceback_has_no_password(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A server that checks passwords, started with the service's password, changed under it.
+    with private_postgres(password="s3cret-before") as server:
+        service_env["DATABASE_URL"] = server.url
+        with running("python -m", service_env, tmp_path) as service:
+            wait_until_ready(service, service_env["PORT"])
+            asyncio.run(change_password_and_disconnect(server.url, "s3cret-after"))
+            # 28P01 (invalid password) is no outage: a 500, with a traceback.
+            wait_until(
+                lambda: httpx.get(url(service_env, "/notes/1")).status_code == 500,
+                timeout=10,
+                message="no request failed on the wrong password",
+            )
+            service.process.send_signal(signal.SIGTERM)
+            returncode, stdout, stderr = finish(service)
+
+    assert returncode == 0, stderr
+    errors = [line for line in json_lines(stdout) if line["event"] == "http.unhandled_error"]
+    assert errors
+    # The traceback goes down into asyncpg's connect, whose frames hold the password.
+    frames = traceback_frames(errors[0])
+    assert any("asyncpg" in frame["filename"] and "connect" in frame["name"] for frame in frames)
+    assert "InvalidPasswordError" in {exception["exc_type"] for exception in errors[0]["exception"]}
+    assert "s3cret" not in stdout + stderr
+{%- endif %}
 
 
 def test_sigterm_drains_the_requests_in_flight(service_env: dict[str, str], tmp_path: Path) -> None:
