@@ -271,14 +271,15 @@ def test_sigterm_drains_the_requests_in_flight(service_env: dict[str, str], tmp_
     assert returncode == 0, stderr
     assert stopped_after < 2 + 5
     # Resources close only after the last request has been answered.
-    events = events_of(json_lines(stdout))
+    lines = json_lines(stdout)
+    events = events_of(lines)
     last_slow_request = max(
         index
-        for index, line in enumerate(json_lines(stdout))
+        for index, line in enumerate(lines)
         if line.get("path") == "/test/slow" and line["event"] == "http.request"
     )
     assert events.index("shutdown.draining") < last_slow_request < events.index("lifespan.stopping")
-    closed = [line["resource"] for line in json_lines(stdout) if line["event"] == "resource.closed"]
+    closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
     assert closed == RESOURCES[::-1]
 
 
@@ -303,9 +304,9 @@ def test_a_stream_left_open_is_cut_at_the_graceful_shutdown_timeout(
     assert returncode == 0, stderr
     # It waited for the stream as long as GRACEFUL_SHUTDOWN_TIMEOUT allows, and not much longer.
     assert 1 <= stopped_after < 1 + 3
-    events = events_of(json_lines(stdout))
-    assert "lifespan.stopped" in events
-    closed = [line["resource"] for line in json_lines(stdout) if line["event"] == "resource.closed"]
+    lines = json_lines(stdout)
+    assert "lifespan.stopped" in events_of(lines)
+    closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
     assert closed == RESOURCES[::-1]
 
 
