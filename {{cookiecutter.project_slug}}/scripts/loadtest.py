@@ -5,10 +5,10 @@ in flight for DURATION seconds, spread over /health/ready and the example routes
 
     python scripts/loadtest.py --url http://127.0.0.1:8000 --concurrency 50 --duration 10
 
-Prints requests/s, p50/p99 latency and errors per route and in total, and exits 1 on any error
-(a status other than the route's expected one, or a transport error), so that it can gate a
-deploy. It measures from a client's side: run on the service's machine, the client competes
-with the service for CPU.
+Prints requests/s, errors and the p50/p99 latency of the answers that succeeded, per route
+and in total, and exits 1 on any error (a status other than the route's expected one, or a
+transport error), so that it can gate a deploy. It measures from a client's side: run on the
+service's machine, the client competes with the service for CPU.
 {%- if cookiecutter.use_postgres %}
 POST /notes adds rows to the notes table.
 {%- endif %}
