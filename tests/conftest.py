@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 from uv import find_uv_bin
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+
+
+def load_project_servers() -> ModuleType:
+    """The baked projects' tests/servers.py, loaded from the template (it holds no template
+    syntax): the template's tests start their private servers with the projects' own code."""
+    path = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "tests" / "servers.py"
+    spec = importlib.util.spec_from_file_location("project_servers", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+project_servers = load_project_servers()
 
 # Lines of a failed step's output shown in the assertion message.
 TAIL_LINES = 60
@@ -100,11 +117,23 @@ def run_step(name: str, argv: Sequence[str | Path], cwd: Path, env: Mapping[str,
     return StepResult(name, completed.returncode, completed.stdout)
 
 
+@pytest.fixture(scope="session")
+def scram_postgres_url() -> Iterator[str]:
+    """The admin URL of a private PostgreSQL that checks passwords (scram-sha-256), as the
+    generated CI's postgres container and managed servers do; the local one trusts everyone."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(project_servers.REQUIRE_SERVERS, "1")  # no initdb here is a failure
+        with project_servers.private_postgres(password="scram-only-pw") as server:
+            yield server.url
+
+
 @dataclass(frozen=True)
 class ProjectVenv:
     """A virtual environment, outside the project directory, for one baked project."""
 
     path: Path
+    # Set in the project's tools' environment, over the caller's (e.g. another DATABASE_URL).
+    overrides: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def bin(self) -> Path:
@@ -129,7 +158,9 @@ class ProjectVenv:
         env["VIRTUAL_ENV"] = str(self.path)
         env["TMPDIR"] = str(self.tmp)
         env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
-        return env
+        # The outage tests must run here: a missing redis-server or initdb fails them.
+        env[project_servers.REQUIRE_SERVERS] = "1"
+        return env | dict(self.overrides)
 
     def create(self, project_dir: Path) -> StepResult:
         """Create the venv and install the project editable with its dev extra, using uv.

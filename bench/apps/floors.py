@@ -17,8 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-CACHE_KEY = "cache:bench"  # seeded by bench/run.py
+from seeded import CACHE_KEY
 
 
 async def nothing(request: Request) -> Response:

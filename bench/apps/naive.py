@@ -18,11 +18,11 @@ from fastapi import FastAPI, HTTPException
 from my_service.api.health import Readiness, ResourceHealth
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from seeded import CACHE_KEY
 
 PG_DSN = os.environ["BENCH_PG_DSN"]
 REDIS_URL = os.environ["BENCH_REDIS_URL"]
 UPSTREAM_URL = os.environ["BENCH_UPSTREAM_URL"]
-CACHE_KEY = "cache:bench"
 
 app = FastAPI()
 

@@ -14,8 +14,7 @@ import asyncpg
 import httpx
 import uvloop
 from redis.asyncio import Redis
-
-CACHE_KEY = "cache:bench"
+from seeded import CACHE_KEY
 
 
 async def measure(args: argparse.Namespace) -> dict[str, float]:

@@ -10,11 +10,9 @@ from my_service import main
 from my_service.dependencies import DbSession, HttpClient, RedisClient
 from pydantic import BaseModel
 from sqlalchemy import text
+from seeded import CACHE_KEY
 
 app: FastAPI = main.app
-
-# Seeded by bench/run.py before the load starts (through PUT /cache/bench).
-CACHE_KEY = "cache:bench"
 
 
 class Combined(BaseModel):

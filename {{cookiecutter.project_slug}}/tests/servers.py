@@ -1,5 +1,10 @@
 """Real local servers for the tests: an upstream HTTP server, and private Redis and PostgreSQL
-servers that a test may stop (by pid) to cause a real outage and start again to end it."""
+servers that a test may stop (by pid) to cause a real outage and start again to end it.
+
+Where the server programs are missing, a test that needs one is skipped with the reason; with
+TESTS_REQUIRE_SERVERS=1 in the environment it fails instead, so that a run which must prove the
+outage tests (CI, the template's own tests) cannot pass without running them. (No template
+syntax in this file: the template's own tests load it as it is.)"""
 
 import asyncio
 import json
@@ -16,10 +21,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import quote
 
-import httpx
 import pytest
+
+if TYPE_CHECKING:
+    import httpx
+
+REQUIRE_SERVERS = "TESTS_REQUIRE_SERVERS"
 
 
 def free_port() -> int:
@@ -51,7 +61,7 @@ async def async_wait_until(
     return time.monotonic() - started
 
 
-async def timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
+async def timed(request: Awaitable["httpx.Response"]) -> tuple["httpx.Response", float]:
     """The response, and the seconds it took."""
     started = time.monotonic()
     response = await request
@@ -59,7 +69,7 @@ async def timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, flo
 
 
 def answers(
-    client: httpx.AsyncClient, path: str, status_code: int
+    client: "httpx.AsyncClient", path: str, status_code: int
 ) -> Callable[[], Awaitable[bool]]:
     """A condition for `async_wait_until`: GET `path` answers `status_code`."""
 
@@ -67,6 +77,13 @@ def answers(
         return (await client.get(path)).status_code == status_code
 
     return condition
+
+
+def cannot_start(reason: str) -> NoReturn:
+    """Skip the test for want of a server program, or fail it where TESTS_REQUIRE_SERVERS is set."""
+    if os.environ.get(REQUIRE_SERVERS):
+        pytest.fail(f"{reason} ({REQUIRE_SERVERS} is set: the test must run)")
+    pytest.skip(reason)
 
 
 def _accepts_connections(port: int) -> bool:
@@ -94,7 +111,15 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def upstream_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    """An upstream that echoes what it received; yields its URL."""
+    with http_server(_EchoHandler) as url:
+        yield url
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server answering with `handler`, in a thread; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -209,7 +234,7 @@ def tcp_proxy(target_port: int, target_host: str = "127.0.0.1") -> Iterator[TcpP
 def private_redis(*, password: str | None = None) -> Iterator["PrivateRedis"]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed: cannot start a private Redis")
+        cannot_start("redis-server is not installed: cannot start a private Redis")
     server = PrivateRedis(binary, free_port(), password)
     try:
         yield server
@@ -253,10 +278,12 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_postgres() -> Iterator["PrivatePostgres"]:
+def private_postgres(*, password: str | None = None) -> Iterator["PrivatePostgres"]:
+    """A private PostgreSQL server: trust authentication, or, given a password, password
+    (scram-sha-256) authentication, as PostgreSQL's container image and managed servers have."""
     bin_dir = _postgres_bin_dir()
     if bin_dir is None:
-        pytest.skip(
+        cannot_start(
             "PostgreSQL server programs not found (pg_config --bindir, /usr/lib/postgresql/*/bin):"
             " cannot start a private PostgreSQL"
         )
@@ -265,7 +292,7 @@ def private_postgres() -> Iterator["PrivatePostgres"]:
     # root, and the server then runs as the postgres user. /tmp is open to every user.
     base = None if user is None else "/tmp"  # noqa: S108
     with tempfile.TemporaryDirectory(prefix="private-postgres-", dir=base) as directory:
-        server = PrivatePostgres(bin_dir, Path(directory), free_port(), user)
+        server = PrivatePostgres(bin_dir, Path(directory), free_port(), user, password)
         try:
             yield server
         finally:
@@ -292,19 +319,23 @@ def _postgres_user() -> str | None:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root without a postgres user: cannot start a private PostgreSQL")
+        cannot_start("running as root without a postgres user: cannot start a private PostgreSQL")
     return "postgres"
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of its own in `directory`: trust authentication, user and database
-    `postgres`, and durability traded for speed (no fsync), as only tests use it."""
+    """A PostgreSQL cluster of its own in `directory` (private to its owner): user and database
+    `postgres`, trust authentication or scram with `password`, and durability traded for speed
+    (no fsync), as only tests use it."""
 
     process: "subprocess.Popen[bytes]"
 
-    def __init__(self, bin_dir: Path, directory: Path, port: int, user: str | None) -> None:
+    def __init__(
+        self, bin_dir: Path, directory: Path, port: int, user: str | None, password: str | None
+    ) -> None:
         self.port = port
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+        credentials = "postgres" if password is None else f"postgres:{quote(password, safe='')}"
+        self.url = f"postgresql+asyncpg://{credentials}@127.0.0.1:{port}/postgres"
         self._bin_dir = bin_dir
         self._user = user
         self._log = directory / "postgres.log"
@@ -312,13 +343,32 @@ class PrivatePostgres:
         if user is not None:
             # initdb creates the data directory in it, and the server its socket and log.
             shutil.chown(directory, user, user)
-        initdb = [str(bin_dir / "initdb"), "-D", data, "--auth=trust", "--username=postgres"]
+        initdb = [str(bin_dir / "initdb"), "-D", data, "--username=postgres"]
         initdb += ["--no-sync", "--encoding=UTF8", "--locale=C"]
-        subprocess.run(initdb, check=True, stdout=subprocess.DEVNULL, user=user)
+        if password is None:
+            initdb.append("--auth=trust")
+            subprocess.run(initdb, check=True, stdout=subprocess.DEVNULL, user=user)
+        else:
+            self._initdb_with_password(initdb, directory, password)
         sockets = str(directory)  # not /var/run/postgresql: it may be missing, or not ours
         self._command = [str(bin_dir / "postgres"), "-D", data, "-p", str(port), "-k", sockets]
         self._command += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
         self.start()
+
+    def _initdb_with_password(self, initdb: list[str], directory: Path, password: str) -> None:
+        """initdb reads the password from a file: one only its owner can read, in the private
+        directory, and gone as soon as initdb has read it."""
+        password_file = directory / "password"
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(password)
+        try:
+            if self._user is not None:
+                shutil.chown(password_file, self._user, self._user)
+            initdb += ["--auth=scram-sha-256", f"--pwfile={password_file}"]
+            subprocess.run(initdb, check=True, stdout=subprocess.DEVNULL, user=self._user)
+        finally:
+            password_file.unlink()
 
     def start(self) -> None:
         """Start the server, also again after `stop`: same port, same data."""

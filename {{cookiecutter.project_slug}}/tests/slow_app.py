@@ -1,6 +1,6 @@
 """The service's own app plus routes that take their time, for the shutdown tests to stop it
-while requests are in flight, and one that reads a whole request body: `main("tests.slow_app:app")`
-serves it as `python -m` would."""
+while requests are in flight, one that reads a whole request body, and one that fails, for what
+an unhandled error logs: `main("tests.slow_app:app")` serves it as `python -m` would."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -46,3 +46,8 @@ async def stream() -> StreamingResponse:
 async def body(request: Request) -> int:
     """Reads the whole body into memory, as a route with a JSON body does."""
     return len(await request.body())
+
+
+@app.get("/test/fail")
+async def fail() -> None:
+    raise RuntimeError("a bug in a route")

@@ -88,4 +88,7 @@ async def test_what_fuzzing_found_is_refused_with_a_422(
     response = await client.request(method, url, content=content, headers=headers)
 
     assert response.status_code == 422
+    # Where the input was, and what is wrong with it; never the input itself.
+    for error in response.json()["detail"]:
+        assert set(error) == {"type", "loc", "msg"}
 {%- endif %}

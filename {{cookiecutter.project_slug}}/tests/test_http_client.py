@@ -59,6 +59,7 @@ async def test_a_call_imports_nothing(client: AsyncClient) -> None:
         sys.meta_path.remove(recorder)
 
     assert response.status_code == 200
+    assert json.loads(response.json()["body"])["path"] == "/echo/second"
     assert recorder.names == []
 
 
@@ -67,7 +68,7 @@ async def test_an_unreachable_upstream_is_a_502(make_settings: Callable[..., Set
     async with serve(create_app(settings)) as client:
         response = await client.get("/upstream/anything")
 
-    assert response.status_code == 502
+    assert (response.status_code, response.json()) == (502, {"detail": "upstream unreachable"})
 
 
 async def test_without_a_base_url_the_route_is_a_503(
@@ -77,6 +78,7 @@ async def test_without_a_base_url_the_route_is_a_503(
         response = await client.get("/upstream/anything")
 
     assert response.status_code == 503
+    assert response.json() == {"detail": "HTTP_CLIENT_BASE_URL is not set"}
 
 
 async def test_a_hung_upstream_is_a_504_within_the_timeout(
@@ -92,7 +94,7 @@ async def test_a_hung_upstream_is_a_504_within_the_timeout(
             response = await client.get("/upstream/anything")
             seconds = time.monotonic() - started
 
-    assert response.status_code == 504
+    assert (response.status_code, response.json()) == (504, {"detail": "upstream timed out"})
     assert timeout - 0.05 <= seconds < timeout + 1
 
 
@@ -112,9 +114,10 @@ async def test_calls_beyond_the_connection_limit_are_503s_not_a_queue(
                 *(client.get(f"/upstream/{call}") for call in range(calls))
             )
 
-    statuses = sorted(response.status_code for response in responses)
+    answers = sorted((response.status_code, response.json()["detail"]) for response in responses)
     # The calls that got a connection wait for the hung upstream; the others are shed at once.
-    assert statuses == [503] * (calls - connections) + [504] * connections
+    shed, timed_out = (503, "upstream busy"), (504, "upstream timed out")
+    assert answers == [shed] * (calls - connections) + [timed_out] * connections
 
 
 # Each would reach /admin on the upstream if its dot segments were resolved, by the client, the

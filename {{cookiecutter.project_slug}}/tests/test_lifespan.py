@@ -1,18 +1,28 @@
+{%- set verified = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """The lifespan opens the enabled resources in order, closes them in reverse, and fails cleanly."""
 
 import asyncio
+{% if verified -%}
 import time
 from collections.abc import Callable
+{% endif -%}
 from contextlib import AsyncExitStack
 
+{% if verified -%}
 import pytest
+{% endif -%}
 from fastapi import FastAPI
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.lifespan import lifespan
+{%- if verified %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, lifecycle
+{%- else %}
+from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RESOURCES
+{%- if verified %}
 from tests.servers import free_port, silent_server
 
 # The resources that verify a server at startup (the HTTP client needs no upstream).
@@ -25,6 +35,7 @@ def pointing_at(resource: str, port: int) -> dict[str, str]:
         "postgres": {"database_url": f"postgresql://postgres@127.0.0.1:{port}/postgres"},
         "redis": {"redis_url": f"redis://127.0.0.1:{port}/0"},
     }[resource]
+{%- endif %}
 
 
 def resources_logged(events: list[EventDict], event: str) -> list[str]:
@@ -61,6 +72,8 @@ async def test_each_app_gets_its_own_resources(settings: Settings) -> None:
         for resource in RESOURCES:
             assert first_resources[resource] is not second_resources[resource]
 
+{%- if verified %}
+
 
 @pytest.mark.parametrize("failing", VERIFIED)
 async def test_a_failure_closes_what_was_already_open(
@@ -96,6 +109,7 @@ async def test_the_startup_deadline_cuts_off_a_server_that_never_answers(
 
     assert 1.0 <= elapsed < 2.5
     assert resources_logged(events, "resource.open_failed")[-1] == failing
+{%- endif %}
 
 
 async def test_a_failing_close_is_logged_and_does_not_stop_the_others(

@@ -1,21 +1,42 @@
 {%- set verified = cookiecutter.use_postgres or cookiecutter.use_redis -%}
 """The service as a process: both ways of starting it, JSON logs, SIGTERM, startup failures."""
 
+{% if cookiecutter.use_postgres -%}
+import asyncio
+{% endif -%}
+import re
 import signal
 import time
+{% if cookiecutter.use_postgres -%}
+import uuid
+from collections.abc import Iterator
+{% endif -%}
 from concurrent.futures import ThreadPoolExecutor
+{%- if cookiecutter.use_postgres %}
+from contextlib import ExitStack, contextmanager
+{%- elif verified %}
+from contextlib import ExitStack
+{%- endif %}
 from pathlib import Path
 from typing import Any
 
+{% if cookiecutter.use_postgres -%}
+import asyncpg
+{% endif -%}
 import httpx
 import pytest
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import make_url
 {%- endif %}
 
+{% if cookiecutter.use_postgres -%}
+from tests.conftest import ADMIN_DATABASE_URL, RESOURCES, asyncpg_dsn
+{%- else -%}
 from tests.conftest import RESOURCES
+{%- endif %}
 from tests.processes import COMMANDS, Service, finish, json_lines, running, url, wait_until_ready
 {%- set server_helpers = (["free_port"] if verified else [])
+    + (["private_postgres"] if cookiecutter.use_postgres else [])
     + (["private_redis"] if cookiecutter.use_redis else [])
     + ["wait_until"] %}
 from tests.servers import {{ server_helpers | join(", ") }}
@@ -103,18 +124,41 @@ def test_an_unreachable_resource_stops_startup_with_a_nonzero_exit(
     assert any("ResourceUnavailableError" in line["event"] for line in lines)
 
 
-def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: Path) -> None:
 {%- if cookiecutter.use_postgres %}
-    # Trust authentication ignores the password, so the service starts with it.
-    service_env["DATABASE_URL"] = (
-        make_url(service_env["DATABASE_URL"])
-        .set(password="s3cret-pg")
-        .render_as_string(hide_password=False)
-    )
+
+
+@contextmanager
+def role_with_password(database_url: str, password: str) -> Iterator[str]:
+    """`database_url` as a role of its own that logs in with `password`: on a server that
+    checks passwords (CI's PostgreSQL container) as well as on one that trusts local clients."""
+    role = f"test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(ADMIN_DATABASE_URL))
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
+    try:
+        url = make_url(database_url).set(username=role, password=password)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP ROLE "{role}"'))
 {%- endif %}
+
+
+def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: Path) -> None:
     outputs = []
+    with ExitStack() as servers:
+{%- if cookiecutter.use_postgres %}
+        service_env["DATABASE_URL"] = servers.enter_context(
+            role_with_password(service_env["DATABASE_URL"], "s3cret-pg")
+        )
+{%- endif %}
 {%- if cookiecutter.use_redis %}
-    with private_redis(password="s3cret-redis") as redis_server:
+        redis_server = servers.enter_context(private_redis(password="s3cret-redis"))
         for password in ("s3cret-redis", "s3cret-wrong"):
             service_env["REDIS_URL"] = f"redis://:{password}@127.0.0.1:{redis_server.port}/0"
             service_env["STARTUP_TIMEOUT"] = "1"
@@ -125,10 +169,10 @@ def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: P
                 outputs.append(finish(service))
     assert [returncode == 0 for returncode, _, _ in outputs] == [True, False]
 {%- else %}
-    with running("python -m", service_env, tmp_path) as service:
-        wait_until_ready(service, service_env["PORT"])
-        service.process.send_signal(signal.SIGTERM)
-        outputs.append(finish(service))
+        with running("python -m", service_env, tmp_path) as service:
+            wait_until_ready(service, service_env["PORT"])
+            service.process.send_signal(signal.SIGTERM)
+            outputs.append(finish(service))
     assert outputs[0][0] == 0
 {%- endif %}
 
@@ -139,6 +183,82 @@ def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: P
 
 def events_of(lines: list[dict[str, Any]]) -> list[str]:
     return [line["event"] for line in lines]
+
+
+def traceback_frames(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The frames of a JSON line's traceback, of every exception in its chain."""
+    return [frame for exception in line["exception"] for frame in exception["frames"]]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_an_unhandled_error_logs_its_traceback_without_the_request_headers(
+    log_format: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env["LOG_FORMAT"] = log_format
+    secrets = {"Authorization": "Bearer s3cret-token", "Cookie": "session=s3cret-cookie"}
+    with running("slow app", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        response = httpx.get(url(service_env, "/test/fail"), headers=secrets)
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
+
+    assert response.status_code == 500
+    assert returncode == 0, stderr
+    # The traceback is there, down to the failing route; the request's headers are not.
+    if log_format == "json":
+        [error] = [line for line in json_lines(stdout) if line["event"] == "http.unhandled_error"]
+        assert "fail" in [frame["name"] for frame in traceback_frames(error)]
+    else:
+        # Rich's traceback, if rich is installed, is coloured even when stdout is no terminal.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", stdout)
+        assert "RuntimeError: a bug in a route" in text
+        # Rich folds long lines into its box: read the frame's line without the box.
+        assert re.search(r"tests/slow_app\.py:\d+infail", re.sub(r"[\s│]", "", text))
+    assert "s3cret" not in stdout + stderr
+{%- if cookiecutter.use_postgres %}
+
+
+async def change_password_and_disconnect(server_url: str, password: str) -> None:
+    """Give the server's postgres role a new password and end every other session: the
+    service's next connection logs in with the password that is now wrong."""
+    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await admin.execute(f"ALTER ROLE postgres PASSWORD '{password}'")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
+def test_a_wrong_database_password_is_a_500_whose_traceback_has_no_password(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A server that checks passwords, started with the service's password, changed under it.
+    with private_postgres(password="s3cret-before") as server:
+        service_env["DATABASE_URL"] = server.url
+        with running("python -m", service_env, tmp_path) as service:
+            wait_until_ready(service, service_env["PORT"])
+            asyncio.run(change_password_and_disconnect(server.url, "s3cret-after"))
+            # 28P01 (invalid password) is no outage: a 500, with a traceback.
+            wait_until(
+                lambda: httpx.get(url(service_env, "/notes/1")).status_code == 500,
+                timeout=10,
+                message="no request failed on the wrong password",
+            )
+            service.process.send_signal(signal.SIGTERM)
+            returncode, stdout, stderr = finish(service)
+
+    assert returncode == 0, stderr
+    errors = [line for line in json_lines(stdout) if line["event"] == "http.unhandled_error"]
+    assert errors
+    # The traceback goes down into asyncpg's connect, whose frames hold the password.
+    frames = traceback_frames(errors[0])
+    assert any("asyncpg" in frame["filename"] and "connect" in frame["name"] for frame in frames)
+    assert "InvalidPasswordError" in {exception["exc_type"] for exception in errors[0]["exception"]}
+    assert "s3cret" not in stdout + stderr
+{%- endif %}
 
 
 def test_sigterm_drains_the_requests_in_flight(service_env: dict[str, str], tmp_path: Path) -> None:
@@ -174,14 +294,15 @@ def test_sigterm_drains_the_requests_in_flight(service_env: dict[str, str], tmp_
     assert returncode == 0, stderr
     assert stopped_after < 2 + 5
     # Resources close only after the last request has been answered.
-    events = events_of(json_lines(stdout))
+    lines = json_lines(stdout)
+    events = events_of(lines)
     last_slow_request = max(
         index
-        for index, line in enumerate(json_lines(stdout))
+        for index, line in enumerate(lines)
         if line.get("path") == "/test/slow" and line["event"] == "http.request"
     )
     assert events.index("shutdown.draining") < last_slow_request < events.index("lifespan.stopping")
-    closed = [line["resource"] for line in json_lines(stdout) if line["event"] == "resource.closed"]
+    closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
     assert closed == RESOURCES[::-1]
 
 
@@ -206,9 +327,9 @@ def test_a_stream_left_open_is_cut_at_the_graceful_shutdown_timeout(
     assert returncode == 0, stderr
     # It waited for the stream as long as GRACEFUL_SHUTDOWN_TIMEOUT allows, and not much longer.
     assert 1 <= stopped_after < 1 + 3
-    events = events_of(json_lines(stdout))
-    assert "lifespan.stopped" in events
-    closed = [line["resource"] for line in json_lines(stdout) if line["event"] == "resource.closed"]
+    lines = json_lines(stdout)
+    assert "lifespan.stopped" in events_of(lines)
+    closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
     assert closed == RESOURCES[::-1]
 
 

@@ -1,5 +1,6 @@
 """One structured log stream on stdout: our events and every stdlib record, uvicorn's included."""
 
+import importlib.util
 import logging
 import sys
 from datetime import UTC, datetime
@@ -7,7 +8,8 @@ from typing import Any, Literal
 
 import orjson
 import structlog
-from structlog.typing import EventDict, Processor
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import EventDict, ExceptionRenderer, Processor
 
 
 def _orjson_dumps(value: Any, **kwargs: Any) -> str:
@@ -21,16 +23,31 @@ def _add_utc_datetime(logger: Any, method_name: str, event_dict: EventDict) -> E
     return event_dict
 
 
+def _traceback_without_locals() -> ExceptionRenderer:
+    """Rich's traceback where rich is installed, the plain one otherwise: never with locals."""
+    if importlib.util.find_spec("rich") is None:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
+
+
 def configure_logging(log_format: Literal["json", "console"], log_level: str) -> None:
+    # Tracebacks name each frame's file, line and function, but show none of its local
+    # variables: those hold secrets (a driver's connect parameters with the password, the
+    # ASGI scope with the Authorization and Cookie headers), and redacting them would mean
+    # knowing every name that every library gives a secret.
     if log_format == "json":
         timestamper: Processor = _add_utc_datetime
         rendering: list[Processor] = [
-            structlog.processors.dict_tracebacks,
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ]
     else:
         timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-        rendering = [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+        rendering = [
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stdout.isatty(), exception_formatter=_traceback_without_locals()
+            )
+        ]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
