@@ -122,3 +122,8 @@ def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
         + float(env.get("GRACEFUL_SHUTDOWN_TIMEOUT", 10))
         + resources * float(env.get("SHUTDOWN_TIMEOUT", 5))
     )
+
+
+def traceback_frames(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The frames of a JSON line's traceback, of every exception in its chain."""
+    return [frame for exception in line["exception"] for frame in exception["frames"]]

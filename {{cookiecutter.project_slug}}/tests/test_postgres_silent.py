@@ -3,9 +3,12 @@ dropped conntrack entry): deadlines bound every request and probe, a silent conn
 reused, the rest of the service answers as usual, and it recovers when the network heals."""
 
 import asyncio
+import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 from structlog.typing import EventDict
@@ -15,8 +18,26 @@ from {{ cookiecutter.package_name }}.dependencies import DbSession
 from {{ cookiecutter.package_name }}.models import Note
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RESOURCES, assert_answered_unavailable, serve
-from tests.processes import closing_events, stopped_while_silent, worst_case_stop_seconds
-from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
+from tests.processes import (
+    closing_events,
+    finish,
+    json_lines,
+    running,
+    stopped_while_silent,
+    traceback_frames,
+    url,
+    wait_until_ready,
+    worst_case_stop_seconds,
+)
+from tests.servers import (
+    TcpProxy,
+    answers,
+    async_wait_until,
+    private_postgres,
+    tcp_proxy,
+    timed,
+    wait_until,
+)
 
 CONNECT_TIMEOUT, COMMAND_TIMEOUT, READINESS_TIMEOUT = 0.5, 1.0, 0.3
 # Scheduling and a loaded CI machine; smaller than the gap between the two timeouts above, so
@@ -142,3 +163,47 @@ def test_sigterm_with_the_database_silent_exits_0_within_the_bound(
     assert closing_events(log) == dict.fromkeys(RESOURCES, "resource.closed") | {
         "postgres": "resource.close_failed"
     }
+
+
+def test_requests_cut_off_inside_connect_log_no_password(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    password = "s3cret-in-connect"
+    with private_postgres(password=password) as server, tcp_proxy(server.port) as proxy:
+        service_env |= {
+            "DATABASE_URL": make_url(server.url)
+            .set(port=proxy.port)
+            .render_as_string(hide_password=False),
+            # Requests that outlast the graceful shutdown inside the driver's connect, where
+            # SQLAlchemy's and asyncpg's frames hold the password.
+            "DB_POOL_SIZE": "1",
+            "DB_MAX_OVERFLOW": "3",
+            "DB_CONNECT_TIMEOUT": "30",
+            "DB_COMMAND_TIMEOUT": "30",
+            "GRACEFUL_SHUTDOWN_TIMEOUT": "1",
+            "SHUTDOWN_TIMEOUT": "1",
+        }
+        with running("python -m", service_env, tmp_path) as service, ThreadPoolExecutor(4) as pool:
+            wait_until_ready(service, service_env["PORT"])
+            proxy.go_silent()
+            connecting = proxy.connections + 3
+            for _ in range(4):  # one on the pooled connection, three opening new ones
+                pool.submit(httpx.get, url(service_env, "/notes/1"), timeout=30)
+            wait_until(
+                lambda: proxy.connections >= connecting,
+                timeout=10,
+                message="the requests never started to connect",
+            )
+            service.process.send_signal(signal.SIGTERM)
+            returncode, stdout, stderr = finish(service)
+
+    assert returncode == 0, stderr
+    cut_off = [line for line in json_lines(stdout) if "exception" in line]
+    # The tracebacks are there, down into the driver's connect...
+    assert any(
+        "asyncpg" in frame["filename"] and "connect" in frame["name"]
+        for line in cut_off
+        for frame in traceback_frames(line)
+    ), cut_off
+    # ...and carry no password.
+    assert password not in stdout + stderr

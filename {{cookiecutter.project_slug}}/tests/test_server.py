@@ -34,7 +34,16 @@ from tests.conftest import ADMIN_DATABASE_URL, RESOURCES, asyncpg_dsn
 {%- else -%}
 from tests.conftest import RESOURCES
 {%- endif %}
-from tests.processes import COMMANDS, Service, finish, json_lines, running, url, wait_until_ready
+from tests.processes import (
+    COMMANDS,
+    Service,
+    finish,
+    json_lines,
+    running,
+    traceback_frames,
+    url,
+    wait_until_ready,
+)
 {%- set server_helpers = (["free_port"] if verified else [])
     + (["private_postgres"] if cookiecutter.use_postgres else [])
     + (["private_redis"] if cookiecutter.use_redis else [])
@@ -183,11 +192,6 @@ def test_no_password_reaches_the_output(service_env: dict[str, str], tmp_path: P
 
 def events_of(lines: list[dict[str, Any]]) -> list[str]:
     return [line["event"] for line in lines]
-
-
-def traceback_frames(line: dict[str, Any]) -> list[dict[str, Any]]:
-    """The frames of a JSON line's traceback, of every exception in its chain."""
-    return [frame for exception in line["exception"] for frame in exception["frames"]]
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])
