@@ -4,7 +4,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 _LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
@@ -75,8 +75,8 @@ def parse(report: str) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, url: str, *, connections: int, threads: int, seconds: int) -> WrkResult:
-    command = [
+def _wrk_command(wrk: str, url: str, *, connections: int, threads: int, seconds: int) -> list[str]:
+    return [
         wrk,
         f"-t{threads}",
         f"-c{connections}",
@@ -86,7 +86,27 @@ def run_wrk(wrk: str, url: str, *, connections: int, threads: int, seconds: int)
         "--latency",
         url,
     ]
+
+
+def run_wrk(wrk: str, url: str, *, connections: int, threads: int, seconds: int) -> WrkResult:
+    command = _wrk_command(wrk, url, connections=connections, threads=threads, seconds=seconds)
     output = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=seconds + 30
     )
     return parse(output.stdout)
+
+
+def run_wrk_under_flood(
+    wrk: str, url: str, flood_url: str, *, connections: int, seconds: int, flood_connections: int
+) -> WrkResult:
+    """Load `url` while a second wrk keeps `flood_connections` calls to `flood_url` in flight
+    for the whole run: the result is `url`'s, with the flood's errors added to its own."""
+    flood_command = _wrk_command(
+        wrk, flood_url, connections=flood_connections, threads=1, seconds=seconds + 1
+    )
+    with subprocess.Popen(flood_command, stdout=subprocess.PIPE, text=True) as flood:
+        result = run_wrk(wrk, url, connections=connections, threads=1, seconds=seconds)
+        flood_report, _ = flood.communicate(timeout=seconds + 30)
+    if flood.returncode != 0:
+        raise RuntimeError(f"the flood's wrk failed ({flood.returncode})")
+    return replace(result, errors=result.errors + parse(flood_report).errors)

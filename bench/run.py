@@ -38,7 +38,7 @@ from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 from uv import find_uv_bin
 
 from instructions import TARGETS, count_per_request
-from loadgen import WrkResult, ensure_installed, run_wrk, wrk_version
+from loadgen import WrkResult, ensure_installed, run_wrk, run_wrk_under_flood, wrk_version
 from processes import Processes, free_port, peak_rss_mb, processes, request_json, wait_for_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +78,13 @@ class Endpoint:
     app: str
     path: str
     description: str
+    # Another path of the same app that 48 more connections call meanwhile: a probe flood.
+    flood: str | None = None
 
+
+# Concurrent readiness callers of the flood: every kubelet and load balancer of a large
+# deployment at once, or anyone on the internet (the probe needs no authentication).
+FLOOD_CONNECTIONS = 48
 
 # A round runs these in this order, and the next round in the reverse order: each pair compared
 # is measured back to back, in both orders.
@@ -111,6 +117,14 @@ ENDPOINTS = [
     Endpoint("raw.combined", "raw", "", "plain asyncio loop, the same 3 round trips"),
     Endpoint("service.cache", "service", "/cache/bench", "service, GET /cache/{key} (Redis GET)"),
     Endpoint("service.notes", "service", "/notes/{note_id}", "service, GET /notes/{id} (DB read)"),
+    Endpoint(
+        "service.notes.flooded",
+        "service",
+        "/notes/{note_id}",
+        f"service, GET /notes/{{id}} while {FLOOD_CONNECTIONS} more connections call"
+        " /health/ready (their non-2xx count as errors)",
+        flood="/health/ready",
+    ),
     Endpoint(
         "service.upstream", "service", "/upstream/ping", "service, GET /upstream/{path} (HTTP GET)"
     ),
@@ -280,13 +294,23 @@ def serve_and_load(
     def measure(endpoint: Endpoint, seconds: int) -> WrkResult:
         if endpoint.app == "raw":
             return measure_raw(python, envs["naive"], connections, seconds)
-        result = run_wrk(
-            wrk,
-            targets[endpoint.key],
-            connections=connections,
-            threads=WRK_THREADS,
-            seconds=seconds,
-        )
+        if endpoint.flood is None:
+            result = run_wrk(
+                wrk,
+                targets[endpoint.key],
+                connections=connections,
+                threads=WRK_THREADS,
+                seconds=seconds,
+            )
+        else:
+            result = run_wrk_under_flood(
+                wrk,
+                targets[endpoint.key],
+                urls[endpoint.app] + endpoint.flood,
+                connections=connections,
+                seconds=seconds,
+                flood_connections=FLOOD_CONNECTIONS,
+            )
         time.sleep(0.2)  # let the closed connections settle between runs
         return result
 
@@ -447,6 +471,12 @@ def evaluate(
         x, y = series[a].p99_ms, series[b].p99_ms
         return Check(name, f"{x:.1f} vs {y:.1f} ms", "lower", result(x < y, a, b), x)
 
+    def p99_ratio(name: str, a: str, b: str) -> Check:
+        # The median over rounds of a's p99 over b's, each pair measured in the same round.
+        pairs = zip(series[a].rounds, series[b].rounds, strict=True)
+        value = statistics.median(x.p99_ms / y.p99_ms for x, y in pairs)
+        return Check(name, f"{value:.2f}×", "(report)", result(None, a, b), value)
+
     def at_most(name: str, value: float, unit: str, limit: float, note: str = "") -> Check:
         passed = value <= limit if unit != "MB" else value < limit
         sign = "<" if unit == "MB" else "≤"
@@ -481,6 +511,17 @@ def evaluate(
             "bare.routed",
         ),
         rps_ratio("/health/ready: service / naive", "service.ready", "naive.ready", 10),
+        rps_ratio(
+            "/health/ready (shared checks) / /health/live, service",
+            "service.ready",
+            "service.live",
+            None,
+        ),
+        p99_ratio(
+            f"DB read route p99: under {FLOOD_CONNECTIONS} readiness callers / calm",
+            "service.notes.flooded",
+            "service.notes",
+        ),
         lower_p99("/health/ready p99: service vs naive", "service.ready", "naive.ready"),
         rps_ratio("combined route: service / naive", "service.combined", "naive.combined", 10),
         lower_p99("combined route p99: service vs naive", "service.combined", "naive.combined"),
