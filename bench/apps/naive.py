@@ -58,7 +58,8 @@ async def _http_client_check() -> None:
 async def _timed(check: Awaitable[object]) -> ResourceHealth:
     started = time.perf_counter()
     await check
-    return ResourceHealth(status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    return ResourceHealth(status="ok", latency_ms=latency_ms, age_ms=0)
 
 
 @app.get("/health/ready")
