@@ -4,12 +4,14 @@ reused for READINESS_CACHE_SECONDS, and each caller waits at most READINESS_TIME
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
+
+Ping = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -37,27 +39,38 @@ class SharedChecks:
         self._running: dict[str, asyncio.Task[CheckResult]] = {}
         self._finished: dict[str, CheckResult] = {}
 
-    async def check(self, resource: str, ping: Callable[[], Awaitable[None]]) -> CheckResult:
-        """The result of `ping`, from a check that finished at most max_age ago, from the one
-        running now, or from a new one."""
-        finished = self._finished.get(resource)
-        if finished is not None and time.monotonic() - finished.finished_at <= self._max_age:
-            return finished
-        running = self._running.get(resource)
-        if running is None:
-            running = asyncio.create_task(self._run(resource, ping), name=f"readiness-{resource}")
-            self._running[resource] = running
-        started = time.perf_counter()
-        try:
-            # Shielded: a caller that gives up leaves the shared check to the others. And the
-            # caller's own deadline: cancelling a check can wait on cleanup (SQLAlchemy shields
-            # a connection's close), which must not hold the answer.
-            async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(running)
-        except TimeoutError:
-            return CheckResult(False, elapsed_ms(started), "timeout", time.monotonic())
+    async def check_all(self, pings: Mapping[str, Ping]) -> dict[str, CheckResult]:
+        """Each resource's result: from a check that finished at most max_age ago, from the one
+        running now, or from a new one; "timeout" for one that does not finish in time."""
+        now = time.monotonic()
+        results: dict[str, CheckResult] = {}
+        pending: dict[str, asyncio.Task[CheckResult]] = {}
+        for resource, ping in pings.items():
+            finished = self._finished.get(resource)
+            if finished is not None and now - finished.finished_at <= self._max_age:
+                results[resource] = finished
+            else:
+                pending[resource] = self._running.get(resource) or self._start(resource, ping)
+        if pending:
+            started = time.perf_counter()
+            # Unlike wait_for, wait cancels nothing: a caller that gives up leaves the shared
+            # check to the others. And a caller's own deadline: cancelling a check can wait on
+            # cleanup (SQLAlchemy shields a connection's close), which must not hold the answer.
+            await asyncio.wait(pending.values(), timeout=self._timeout)
+            for resource, task in pending.items():
+                results[resource] = (
+                    task.result()
+                    if task.done()
+                    else CheckResult(False, elapsed_ms(started), "timeout", time.monotonic())
+                )
+        return {resource: results[resource] for resource in pings}
 
-    async def _run(self, resource: str, ping: Callable[[], Awaitable[None]]) -> CheckResult:
+    def _start(self, resource: str, ping: Ping) -> asyncio.Task[CheckResult]:
+        task = asyncio.create_task(self._run(resource, ping), name=f"readiness-{resource}")
+        self._running[resource] = task
+        return task
+
+    async def _run(self, resource: str, ping: Ping) -> CheckResult:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):

@@ -1,8 +1,6 @@
 """Liveness says the process serves requests; readiness says its resources answer right now."""
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
 from functools import partial
 {%- endif %}
@@ -17,7 +15,7 @@ from pydantic import BaseModel
     + ["Shutdown"] %}
 
 from {{ cookiecutter.package_name }}.dependencies import {{ dependencies | join(", ") }}
-from {{ cookiecutter.package_name }}.readiness import CheckResult
+from {{ cookiecutter.package_name }}.readiness import CheckResult, Ping
 {%- if cookiecutter.use_http_client %}
 from {{ cookiecutter.package_name }}.resources.http_client import ping as ping_http_client
 {%- endif %}
@@ -88,7 +86,7 @@ async def ready(
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Readiness(status="draining", resources={})
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
-    pings: dict[str, Callable[[], Awaitable[None]]] = {
+    pings: dict[str, Ping] = {
 {%- if cookiecutter.use_postgres %}
         "postgres": partial(ping_postgres, postgres),
 {%- endif %}
@@ -100,14 +98,12 @@ async def ready(
 {%- endif %}
     }
 {%- else %}
-    pings: dict[str, Callable[[], Awaitable[None]]] = {}
+    pings: dict[str, Ping] = {}
 {%- endif %}
-    results = await asyncio.gather(*(checks.check(name, ping) for name, ping in pings.items()))
+    results = await checks.check_all(pings)
     now = time.monotonic()
-    resources = {
-        name: ResourceHealth.of(result, now) for name, result in zip(pings, results, strict=True)
-    }
-    healthy = all(result.ok for result in results)
+    resources = {name: ResourceHealth.of(result, now) for name, result in results.items()}
+    healthy = all(result.ok for result in results.values())
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Readiness(status="ok" if healthy else "unavailable", resources=resources)
