@@ -38,6 +38,7 @@ from httpx import ASGITransport, AsyncClient, Response
 {%- else %}
 from httpx import ASGITransport, AsyncClient
 {%- endif %}
+from prometheus_client.parser import text_string_to_metric_families
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import make_url
 {%- endif %}
@@ -234,6 +235,34 @@ def events() -> Iterator[list[EventDict]]:
     merge_context = structlog.contextvars.merge_contextvars
     with structlog.testing.capture_logs(processors=[merge_context]) as captured:
         yield captured
+
+
+class Scrape:
+    """One answer of GET /metrics, read by prometheus-client's own exposition parser."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample with exactly these labels; 0 for one not there (yet)."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {
+            dict(labels)[label]
+            for sample_name, labels in self.samples
+            if sample_name == name and label in dict(labels)
+        }
+
+
+async def scrape(client: AsyncClient) -> Scrape:
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    return Scrape(response.text)
 
 
 @asynccontextmanager

@@ -3,8 +3,10 @@
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from types import FrameType
 
 import uvicorn
@@ -52,6 +54,11 @@ def main(app: str = "{{ cookiecutter.package_name }}.main:app") -> None:
             raise SystemExit(STARTUP_FAILURE)
         return
 
+    if settings.metrics_enabled:
+        # Before any worker starts (they inherit it), and a new one per run: prometheus-client
+        # would otherwise add the counters of an earlier run.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-")
+        atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()
     # uvicorn stops every worker when one fails to start, rather than restart it in a loop;

@@ -6,12 +6,13 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 {%- set routers = (["cache"] if cookiecutter.use_redis else [])
-    + ["health"]
+    + ["health", "metrics"]
     + (["notes"] if cookiecutter.use_postgres else [])
     + (["upstream"] if cookiecutter.use_http_client else []) %}
 
 from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
+from {{ cookiecutter.package_name }}.metrics import MetricsMiddleware
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
 {%- if cookiecutter.use_postgres %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
@@ -52,6 +53,10 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_request_body_bytes,
         probe_log_level=settings.probe_log_level,
     )
+    if settings.metrics_enabled:
+        # Added last, so outermost: it times the whole request, the other middleware included.
+        app.add_middleware(MetricsMiddleware)
+        app.include_router(metrics.router)
     app.include_router(health.router)
 {%- if cookiecutter.use_postgres %}
     app.include_router(notes.router)

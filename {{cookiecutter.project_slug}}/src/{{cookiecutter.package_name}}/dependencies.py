@@ -14,6 +14,7 @@ from typing import Annotated, cast
 import httpx
 {% endif -%}
 from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
 {%- if cookiecutter.use_redis %}
 from redis.asyncio import Redis
 {%- endif %}
@@ -52,6 +53,13 @@ async def _readiness_checks(request: Request) -> SharedChecks:
 
 
 ReadinessChecks = Annotated[SharedChecks, Depends(_readiness_checks)]
+
+
+async def _metrics_registry(request: Request) -> CollectorRegistry:
+    return cast(CollectorRegistry, request.state.metrics)
+
+
+MetricsRegistry = Annotated[CollectorRegistry, Depends(_metrics_registry)]
 {%- if cookiecutter.use_postgres %}
 
 

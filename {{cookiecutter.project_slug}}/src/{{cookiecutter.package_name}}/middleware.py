@@ -20,8 +20,9 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _INTERNAL_ERROR_BODY = b'{"detail":"Internal Server Error"}'
 
-# Requests to these paths are logged at PROBE_LOG_LEVEL rather than INFO.
+# Requests of probes and scrapes are logged at PROBE_LOG_LEVEL rather than INFO.
 _PROBE_PATH_PREFIX = "/health/"
+_SCRAPE_PATH = "/metrics"
 
 log = structlog.get_logger(__name__)
 
@@ -128,12 +129,13 @@ class RequestContextMiddleware:
                 raise  # the response has started: only dropping the connection is left
             await _send_json(send_with_request_id, 500, _INTERNAL_ERROR_BODY)
         finally:
-            is_probe = scope["path"].startswith(_PROBE_PATH_PREFIX)
+            path = scope["path"]
+            is_probe = path.startswith(_PROBE_PATH_PREFIX) or path == _SCRAPE_PATH
             log.log(
                 self._probe_level if is_probe else logging.INFO,
                 "http.request",
                 method=scope["method"],
-                path=scope["path"],
+                path=path,
                 status=status_code,
                 duration_ms=elapsed_ms(started),
             )

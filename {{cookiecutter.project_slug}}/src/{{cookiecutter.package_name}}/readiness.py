@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from {{ cookiecutter.package_name }}.metrics import RESOURCE_UP
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
@@ -82,6 +83,7 @@ class SharedChecks:
         finally:
             del self._running[resource]
         self._finished[resource] = result
+        RESOURCE_UP.labels(resource).set(result.ok)
         return result
 
     async def cancel(self, cleanup_seconds: float) -> None:

@@ -67,9 +67,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: LogLevel = "INFO"
-    # Health probes come every few seconds from every pod: their request lines would drown the
-    # rest at INFO.
+    # Health probes and metric scrapes come every few seconds from every pod: their request
+    # lines would drown the rest at INFO.
     probe_log_level: LogLevel = "DEBUG"
+    # GET /metrics and the request, pool and resource metrics behind it.
+    metrics_enabled: bool = True
+    # With WORKERS > 1, how often each worker writes its pools' figures for a scrape to sum;
+    # with one worker they are read at scrape time.
+    metrics_sample_seconds: Seconds = 1.0
     # Larger request bodies get a 413 before they are read: an unread body costs no memory,
     # while a JSON body takes several times its size once decoded. 1 MiB (nginx's default
     # client_max_body_size) is far above what the example routes accept.

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 import httpx
 import structlog
 
+from {{ cookiecutter.package_name }}.metrics import ConnectionCounts
 from {{ cookiecutter.package_name }}.middleware import REQUEST_ID_HEADER
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -16,6 +17,18 @@ async def ping(client: httpx.AsyncClient) -> None:
     # replica of this service out of the load balancer; the client itself only has to be open.
     if client.is_closed:
         raise RuntimeError("the HTTP client is closed")
+
+
+def connection_counts(client: httpx.AsyncClient) -> ConnectionCounts:
+    # httpx shows no pool figures; httpcore's pool does, behind attributes that httpx keeps
+    # private (tests/test_metrics.py fails should a release move them).
+    transport = client._transport
+    if not isinstance(transport, httpx.AsyncHTTPTransport):
+        return ConnectionCounts(used=0, idle=0, limit=0)
+    pool = transport._pool
+    connections = pool.connections
+    idle = sum(connection.is_idle() for connection in connections)
+    return ConnectionCounts(used=len(connections) - idle, idle=idle, limit=pool._max_connections)
 
 
 async def _send_request_id(request: httpx.Request) -> None:

@@ -14,6 +14,12 @@ import structlog
 from fastapi import Request, status
 from fastapi.responses import JSONResponse
 
+from {{ cookiecutter.package_name }}.metrics import (
+    RESOURCE_CLOSES,
+    RESOURCE_OPEN_DURATION,
+    RESOURCE_OPENS,
+    RESOURCE_UNAVAILABLE,
+)
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
 log = structlog.get_logger(__name__)
@@ -33,6 +39,7 @@ class ResourceUnavailableError(RuntimeError):
 async def respond_unavailable(request: Request, exc: ResourceUnavailableError) -> JSONResponse:
     """The exception handler: a short 503 that a client may retry, never a 500 traceback."""
     log.warning("resource.unavailable", resource=exc.resource, error=str(exc))
+    RESOURCE_UNAVAILABLE.labels(exc.resource).inc()
     return JSONResponse(
         {"detail": f"{exc.resource} is unavailable"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -97,6 +104,8 @@ async def lifecycle(
             await asyncio.wait_for(close(), close_timeout)
         raise
     log.info("resource.opened", resource=resource, duration_ms=elapsed_ms(started), **target)
+    RESOURCE_OPENS.labels(resource).inc()
+    RESOURCE_OPEN_DURATION.labels(resource).set(time.perf_counter() - started)
     try:
         yield
     finally:
@@ -105,5 +114,7 @@ async def lifecycle(
             await asyncio.wait_for(close(), close_timeout)
         except Exception as exc:
             log.error("resource.close_failed", resource=resource, error=describe(exc))
+            RESOURCE_CLOSES.labels(resource, "failed").inc()
         else:
             log.info("resource.closed", resource=resource, duration_ms=elapsed_ms(started))
+            RESOURCE_CLOSES.labels(resource, "ok").inc()

@@ -1,9 +1,10 @@
 """PostgreSQL: one pooled SQLAlchemy async engine (asyncpg driver) for the whole process."""
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import event, text
@@ -11,14 +12,22 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 
+from {{ cookiecutter.package_name }}.metrics import (
+    DB_POOL_PENDING,
+    DB_POOL_TIMEOUTS,
+    DB_POOL_WAIT,
+    ConnectionCounts,
+)
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     describe,
     lifecycle,
 )
 from {{ cookiecutter.package_name }}.settings import Settings
+
+POOL_NAME = "postgres"
 
 # A server that answers but will not serve: shutting down, crashed, starting up, full.
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
@@ -27,6 +36,33 @@ _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+def connection_counts(engine: AsyncEngine) -> ConnectionCounts:
+    pool = cast(MeteredPool, engine.pool)
+    return ConnectionCounts(used=pool.checkedout(), idle=pool.checkedin(), limit=pool.limit)
+
+
+class MeteredPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's pool, timing each wait for a connection: SQLAlchemy counts the connections
+    (read at scrape time) but not who waits, nor for how long."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit = self.size() + kwargs["max_overflow"]
+
+    def connect(self) -> PoolProxiedConnection:
+        pending = DB_POOL_PENDING.labels(POOL_NAME)
+        pending.inc()
+        started = time.perf_counter()
+        try:
+            return super().connect()
+        except PoolTimeoutError:
+            DB_POOL_TIMEOUTS.labels(POOL_NAME).inc()
+            raise
+        finally:
+            pending.dec()
+            DB_POOL_WAIT.labels(POOL_NAME).observe(time.perf_counter() - started)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -102,6 +138,7 @@ async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[As
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
+        poolclass=MeteredPool,
     )
     event.listen(engine.sync_engine, "handle_error", _handle_error)
     event.listen(engine.sync_engine, "checkout", _replace_if_closed)

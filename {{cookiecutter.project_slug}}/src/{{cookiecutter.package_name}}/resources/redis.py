@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from {{ cookiecutter.package_name }}.metrics import ConnectionCounts
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     describe,
@@ -26,6 +27,12 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 async def ping(client: Redis) -> None:
     await client.ping()
+
+
+def connection_counts(client: Redis) -> ConnectionCounts:
+    pool = client.connection_pool
+    (idle, _), (used, _) = pool.get_connection_count()
+    return ConnectionCounts(used=used, idle=idle, limit=pool.max_connections)
 
 
 # After the client's own retries these only ever mean that Redis is not answering, wherever

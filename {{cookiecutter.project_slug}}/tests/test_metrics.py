@@ -1,0 +1,185 @@
+"""GET /metrics: requests under their route templates, in-flight requests, each resource's life,
+the sum of every worker, and nothing at all when metrics are off."""
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from my_service.app import create_app
+from my_service.settings import Settings
+from tests.conftest import RESOURCES, Scrape, scrape, serve
+from tests.processes import finish, running, url, wait_until_ready
+from tests.servers import wait_until
+
+DURATION_COUNT = "http_server_request_duration_seconds_count"
+
+
+def requests_counted(scraped: Scrape, route: str, status: str, method: str = "GET") -> float:
+    return scraped.value(
+        DURATION_COUNT,
+        http_request_method=method,
+        http_route=route,
+        http_response_status_code=status,
+    )
+
+
+def add_item_route(app: FastAPI) -> FastAPI:
+    @app.get("/test/items/{item_id}")
+    async def item(item_id: int) -> int:
+        return item_id
+
+    return app
+
+
+async def test_each_request_is_counted_once_under_its_route_template(settings: Settings) -> None:
+    async with serve(add_item_route(create_app(settings))) as client:
+        before = await scrape(client)
+        for item_id in (1, 2, 3):
+            assert (await client.get(f"/test/items/{item_id}")).status_code == 200
+        assert (await client.get("/test/items/not-a-number")).status_code == 422
+        after = await scrape(client)
+
+    template = "/test/items/{item_id}"
+    counted = requests_counted(after, template, "200") - requests_counted(before, template, "200")
+    assert counted == 3
+    assert requests_counted(after, template, "422") - requests_counted(before, template, "422") == 1
+    # Never the raw path: one series per route, however many items there are.
+    item_routes = {r for r in after.label_values(DURATION_COUNT, "http_route") if "items" in r}
+    assert item_routes == {template}
+
+
+async def test_unmatched_paths_and_unknown_methods_cannot_grow_the_series(
+    client: httpx.AsyncClient,
+) -> None:
+    before = await scrape(client)
+    scanned = ["/.env", "/wp-login.php", "/admin/../etc/passwd", "/random/7f3a9c"]
+    for path in scanned:
+        assert (await client.get(path)).status_code == 404
+    await client.request("BREW", "/health/live")
+    after = await scrape(client)
+
+    unmatched = requests_counted(after, "unmatched", "404") - requests_counted(
+        before, "unmatched", "404"
+    )
+    assert unmatched == len(scanned)
+    routes = after.label_values(DURATION_COUNT, "http_route")
+    assert not routes.intersection(scanned)
+    assert after.label_values(DURATION_COUNT, "http_request_method") <= {"GET", "_OTHER"}
+    assert (
+        requests_counted(after, "/health/live", "405", method="_OTHER")
+        == requests_counted(before, "/health/live", "405", method="_OTHER") + 1
+    )
+
+
+async def test_requests_in_flight_are_counted_until_they_answer(settings: Settings) -> None:
+    app = create_app(settings)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @app.get("/test/wait")
+    async def wait() -> None:
+        entered.set()
+        await release.wait()
+
+    async def in_flight() -> float:
+        return (await scrape(client)).value(
+            "http_server_active_requests", http_request_method="GET"
+        )
+
+    async with serve(app) as client:
+        alone = await in_flight()  # a scrape is itself a request in flight
+        waiting = asyncio.create_task(client.get("/test/wait"))
+        await asyncio.wait_for(entered.wait(), timeout=5)
+        during = await in_flight()
+        release.set()
+        await waiting
+        after = await in_flight()
+
+    assert (alone, during, after) == (1, 2, 1)
+
+
+async def registry_value(name: str, **labels: str) -> float:
+    """A sample of this process's registry, for when no app serves /metrics. In a worker
+    thread: collecting reads the process's figures from /proc."""
+    value = await asyncio.to_thread(REGISTRY.get_sample_value, name, labels)
+    return value or 0.0
+
+
+async def test_each_resource_counts_its_opening_closing_and_readiness(
+    settings: Settings,
+) -> None:
+    opened_before = {r: await registry_value("resource_opens_total", resource=r) for r in RESOURCES}
+    closed_before = {
+        r: await registry_value("resource_closes_total", resource=r, outcome="ok")
+        for r in RESOURCES
+    }
+    async with serve(create_app(settings)) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+        scraped = await scrape(client)
+
+    for resource in RESOURCES:
+        opened = scraped.value("resource_opens_total", resource=resource)
+        assert opened == opened_before[resource] + 1
+        assert scraped.value("resource_up", resource=resource) == 1
+        assert scraped.value("resource_open_duration_seconds", resource=resource) > 0
+        closed = await registry_value("resource_closes_total", resource=resource, outcome="ok")
+        assert closed == closed_before[resource] + 1
+
+
+async def test_with_metrics_off_nothing_is_served_or_counted(
+    make_settings: Callable[..., Settings],
+) -> None:
+    labels = {"http_request_method": "GET", "http_route": "/health/live"}
+    before = await registry_value(DURATION_COUNT, **labels, http_response_status_code="200")
+    async with serve(create_app(make_settings(metrics_enabled=False))) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 404
+
+    after = await registry_value(DURATION_COUNT, **labels, http_response_status_code="200")
+    assert after == before
+
+
+def default_pool_limit() -> int:
+    fields = Settings.model_fields
+    return int(fields["db_pool_size"].default) + int(fields["db_max_overflow"].default)
+
+
+def test_one_scrape_sums_every_worker(service_env: dict[str, str], tmp_path: Path) -> None:
+    requests = 40
+    service_env |= {
+        "WORKERS": "2",
+        "METRICS_SAMPLE_SECONDS": "0.1",
+        "TMPDIR": str(tmp_path / "tmp"),  # where the workers' metric files go
+    }
+    (tmp_path / "tmp").mkdir()
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        for _ in range(requests):
+            # A connection per request, so that both workers may take some.
+            assert httpx.get(url(service_env, "/health/live")).status_code == 200
+
+        def every_worker_reported() -> bool:
+            scraped = Scrape(httpx.get(url(service_env, "/metrics")).text)
+            pools = "postgres" not in RESOURCES or (
+                scraped.value("db_client_connection_max", db_client_connection_pool_name="postgres")
+                == 2 * default_pool_limit()
+            )
+            return pools and all(
+                scraped.value("resource_opens_total", resource=resource) == 2
+                for resource in RESOURCES
+            )
+
+        wait_until(every_worker_reported, timeout=10, message="a worker's figures are missing")
+        scraped = Scrape(httpx.get(url(service_env, "/metrics")).text)
+        had_files = any((tmp_path / "tmp").iterdir())
+        service.process.send_signal(signal.SIGTERM)
+        returncode, _, stderr = finish(service)
+
+    assert requests_counted(scraped, "/health/live", "200") == requests
+    assert returncode == 0, stderr
+    assert had_files
+    assert not any((tmp_path / "tmp").iterdir()), "the metric files outlived the service"
