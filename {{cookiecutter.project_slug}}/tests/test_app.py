@@ -67,6 +67,7 @@ async def test_request_id_is_echoed_and_bound_to_the_request_log(
     [
         ("DEBUG", "/health/live", "debug"),
         ("DEBUG", "/health/ready", "debug"),
+        ("DEBUG", "/metrics", "debug"),  # a scrape: the same
         ("DEBUG", "/not-a-probe", "info"),
         ("INFO", "/health/live", "info"),
         ("WARNING", "/health/ready", "warning"),

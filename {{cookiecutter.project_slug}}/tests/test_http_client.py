@@ -16,9 +16,9 @@ from httpx import AsyncClient
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import serve
+from tests.conftest import scrape, serve
 from tests.processes import running, wait_until_ready
-from tests.servers import free_port, silent_server
+from tests.servers import async_wait_until, free_port, silent_server
 
 
 async def test_the_upstream_is_called_with_the_request_id(
@@ -118,6 +118,37 @@ async def test_calls_beyond_the_connection_limit_are_503s_not_a_queue(
     # The calls that got a connection wait for the hung upstream; the others are shed at once.
     shed, timed_out = (503, "upstream busy"), (504, "upstream timed out")
     assert answers == [shed] * (calls - connections) + [timed_out] * connections
+
+
+async def test_pool_figures_follow_the_calls_in_flight(
+    make_settings: Callable[..., Settings],
+) -> None:
+    client_name = {"http_client_name": "http_client"}
+
+    async def active_connections() -> float:
+        scraped = await scrape(client)
+        return scraped.value(
+            "http_client_open_connections", **client_name, http_connection_state="active"
+        )
+
+    with silent_server() as port:
+        settings = make_settings(
+            http_client_base_url=f"http://127.0.0.1:{port}", http_client_timeout=2.0
+        )
+        async with serve(create_app(settings)) as client:
+            calls = [asyncio.create_task(client.get(f"/upstream/{call}")) for call in range(2)]
+
+            async def both_active() -> bool:
+                return await active_connections() == 2
+
+            await async_wait_until(both_active, within=2, message="the calls held no connection")
+            for call in calls:
+                assert (await call).status_code == 504
+            active_after = await active_connections()
+            limit = (await scrape(client)).value("http_client_connection_max", **client_name)
+
+    assert active_after == 0  # a timed-out connection is closed, not kept
+    assert limit == settings.http_client_max_connections
 
 
 # Each would reach /admin on the upstream if its dot segments were resolved, by the client, the

@@ -46,7 +46,7 @@ async def test_opens_in_order_and_closes_in_reverse(
     settings: Settings, events: list[EventDict]
 ) -> None:
     async with lifespan(FastAPI(), settings) as state:
-        assert set(state) == {"settings", "shutdown", "readiness_checks", *RESOURCES}
+        assert set(state) == {"settings", "shutdown", "metrics", "readiness_checks", *RESOURCES}
         assert resources_logged(events, "resource.opened") == RESOURCES
         assert resources_logged(events, "resource.closed") == []
 

@@ -30,6 +30,7 @@ from tests.conftest import (
     alembic_config,
     assert_answered_unavailable,
     asyncpg_dsn,
+    scrape,
     serve,
 )
 from tests.servers import (
@@ -471,3 +472,48 @@ async def test_a_request_whose_client_went_away_still_returns_its_connection(
             return checked_out == 0 and await idle_in_transaction(database) == 0
 
         await async_wait_until(released, within=5, message="a connection stayed checked out")
+
+
+async def test_pool_figures_follow_held_connections_waits_and_timeouts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.5)
+    app = add_test_routes(create_app(settings))
+    holding = add_signalling_hold(app, seconds=2.0)
+    pool = {"db_client_connection_pool_name": "postgres"}
+
+    async def connections(state: str) -> float:
+        scraped = await scrape(client)
+        return scraped.value("db_client_connection_count", **pool, db_client_connection_state=state)
+
+    async with serve(app) as client:
+        before = await scrape(client)
+        held = asyncio.create_task(client.get("/test/hold-and-signal"))
+        await asyncio.wait_for(holding.wait(), timeout=5)
+        used_while_held, idle_while_held = await connections("used"), await connections("idle")
+        # A second request waits for the only connection, then gives up.
+        waiting = asyncio.create_task(client.get("/test/hold?seconds=0"))
+
+        async def one_waits() -> bool:
+            scraped = await scrape(client)
+            return scraped.value("db_client_connection_pending_requests", **pool) == 1
+
+        await async_wait_until(one_waits, within=2, message="no request waited for the pool")
+        assert (await waiting).status_code == 503
+        assert (await held).status_code == 200
+        after = await scrape(client)
+        used_after, idle_after = await connections("used"), await connections("idle")
+
+    def grew(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert (used_while_held, idle_while_held) == (1, 0)
+    assert (used_after, idle_after) == (0, 1)
+    assert after.value("db_client_connection_max", **pool) == 1
+    assert after.value("db_client_connection_pending_requests", **pool) == 0
+    assert grew("db_client_connection_timeouts_total", **pool) == 1
+    assert grew("resource_unavailable_total", resource="postgres") == 1
+    # The timed-out wait took the pool timeout; the held request's wait took next to nothing.
+    assert grew("db_client_connection_wait_time_seconds_bucket", **pool, le="0.25") >= 1
+    assert grew("db_client_connection_wait_time_seconds_bucket", **pool, le="+Inf") >= 2
+    assert grew("db_client_connection_wait_time_seconds_sum", **pool) >= 0.5

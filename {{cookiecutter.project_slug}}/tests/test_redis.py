@@ -9,8 +9,9 @@ from httpx import AsyncClient
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.dependencies import RedisClient
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import assert_answered_unavailable, serve
+from tests.conftest import assert_answered_unavailable, scrape, serve
 from tests.servers import PrivateRedis, answers, async_wait_until, private_redis
 
 
@@ -41,6 +42,7 @@ async def test_an_outage_is_a_503_and_the_service_recovers_without_a_restart(
     async with serve(create_app(settings)) as client:
         assert (await client.put("/cache/before", json={"value": "1"})).status_code == 200
         assert (await client.get("/cache/before")).status_code == 200
+        before = await scrape(client)
 
         await asyncio.to_thread(redis_server.stop)
         await async_wait_until(
@@ -50,6 +52,7 @@ async def test_an_outage_is_a_503_and_the_service_recovers_without_a_restart(
         live = await client.get("/health/live")
         read = await client.get("/cache/before")
         written = await client.put("/cache/during", json={"value": "2"})
+        during = await scrape(client)
 
         # Same port, same app: the client reconnects by itself.
         await asyncio.to_thread(redis_server.start)
@@ -64,6 +67,9 @@ async def test_an_outage_is_a_503_and_the_service_recovers_without_a_restart(
     assert ready.json()["resources"]["redis"]["status"] == "unavailable"
     assert live.status_code == 200
     assert_answered_unavailable([read, written], events, "redis")
+    unavailable = {"name": "resource_unavailable_total", "resource": "redis"}
+    assert during.value(**unavailable) == before.value(**unavailable) + 2
+    assert during.value("resource_up", resource="redis") == 0
     # The very first requests after the restart succeed: the client replaced its connections.
     assert [response.status_code for response in after] == [200, 200]
     assert after[1].json() == {"key": "after", "value": "3"}
@@ -82,3 +88,34 @@ async def test_a_restart_between_requests_costs_no_request(
         written = await client.put("/cache/after", json={"value": "2"})
 
     assert written.status_code == 200
+
+
+async def test_pool_figures_are_redis_pys_own(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(redis_socket_timeout=5.0)
+    app = create_app(settings)
+    pool = {"db_client_connection_pool_name": "redis"}
+
+    @app.get("/test/blpop/{key}")
+    async def blpop(key: str, redis: RedisClient) -> None:
+        await redis.blpop([key], timeout=1)  # holds its connection for a second
+
+    async def connections(state: str) -> float:
+        scraped = await scrape(client)
+        return scraped.value("db_client_connection_count", **pool, db_client_connection_state=state)
+
+    async with serve(app) as client:
+        assert (await client.get(f"/cache/{uuid.uuid4().hex}")).status_code == 404
+        idle_before = await connections("idle")
+        blocked = asyncio.create_task(client.get(f"/test/blpop/{uuid.uuid4().hex}"))
+
+        async def one_used() -> bool:
+            return await connections("used") == 1
+
+        await async_wait_until(one_used, within=1, message="BLPOP held no connection")
+        assert (await blocked).status_code == 200
+        used_after = await connections("used")
+        limit = (await scrape(client)).value("db_client_connection_max", **pool)
+
+    assert idle_before >= 1
+    assert used_after == 0
+    assert limit == settings.redis_max_connections
