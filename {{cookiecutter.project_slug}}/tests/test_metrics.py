@@ -10,8 +10,9 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from my_service.app import create_app
-from my_service.settings import Settings
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.metrics import KNOWN_METHODS
+from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RESOURCES, Scrape, scrape, serve
 from tests.processes import finish, running, url, wait_until_ready
 from tests.servers import wait_until
