@@ -13,6 +13,7 @@ import ast
 import fnmatch
 import json
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ OFFLINE_ENV = {
     "HTTPS_PROXY": "http://127.0.0.1:9",
     "NO_PROXY": "",
 }
-K8S_FILES = ("deployment.yaml", "service.yaml", "pdb.yaml")
+K8S_FILES = ("deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml")
 # Servers the service talks to, by flag: compose and CI run one container each.
 SERVERS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
 HEALTH_COMMANDS = {"postgres": "pg_isready", "redis": "redis-cli ping"}
@@ -337,7 +338,7 @@ def test_deployment_takes_the_urls_of_enabled_servers_from_a_secret(deployed: De
 
 def test_service_and_budget_select_the_deployments_pods(deployed: Deployed) -> None:
     k8s = deployed.path("deploy/k8s")
-    deployment, service, budget = (load_yaml(k8s / name) for name in K8S_FILES)
+    deployment, service, budget, _ = (load_yaml(k8s / name) for name in K8S_FILES)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     port_names = {port["name"] for port in container["ports"]}
@@ -346,6 +347,70 @@ def test_service_and_budget_select_the_deployments_pods(deployed: Deployed) -> N
         assert selector.items() <= pod_labels.items()
     assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
     assert deployment["metadata"]["name"] == deployed.case.slug
+
+
+def settings_default(project: Path, package: str, variable: str) -> int:
+    """The default the generated Settings give a variable."""
+    tree = ast.parse((project / "src" / package / "settings.py").read_text())
+    settings = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Settings")
+    for node in settings.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == variable.lower():
+            assert node.value is not None
+            default = node.value
+            if isinstance(default, ast.Call):  # Field(default=...)
+                default = next(keyword.value for keyword in default.keywords if keyword.arg == "default")
+            return int(ast.literal_eval(default))
+    raise AssertionError(f"Settings has no {variable}")
+
+
+def test_autoscaler_targets_the_deployment_and_owns_its_replicas(deployed: Deployed) -> None:
+    k8s = deployed.path("deploy/k8s")
+    deployment, hpa = load_yaml(k8s / "deployment.yaml"), load_yaml(k8s / "hpa.yaml")
+    budget = load_yaml(k8s / "pdb.yaml")
+
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert "replicas" not in deployment["spec"]
+    # Draining a node must leave a pod serving: more pods than the budget keeps.
+    assert hpa["spec"]["minReplicas"] > budget["spec"]["minAvailable"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"], "a CPU target needs a CPU request"
+
+
+def test_the_most_pods_at_once_fit_the_databases_connections(deployed: Deployed) -> None:
+    """README "Scaling out": (maxReplicas + maxSurge) x WORKERS x (DB_POOL_SIZE +
+    DB_MAX_OVERFLOW) <= max_connections - reserve, with the numbers the README documents."""
+    readme = deployed.path("README.md").read_text()
+    if not deployed.on("postgres"):
+        assert "This service opens no database pool yet" in readme
+        return
+    max_connections = int(re.search(r"`max_connections` \((\d+) by default\)", readme).group(1))
+    reserve = int(re.search(r"the reserve \((\d+) connections here\)", readme).group(1))
+    k8s = deployed.path("deploy/k8s")
+    deployment, hpa = load_yaml(k8s / "deployment.yaml"), load_yaml(k8s / "hpa.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = container_env(container)
+
+    def setting(variable: str) -> int:
+        if variable in env:
+            return int(env[variable]["value"])
+        return settings_default(deployed.project, deployed.case.package, variable)
+
+    most_pods = hpa["spec"]["maxReplicas"] + deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    per_pod = setting("WORKERS") * (setting("DB_POOL_SIZE") + setting("DB_MAX_OVERFLOW"))
+    assert most_pods * per_pod <= max_connections - reserve
+    # And the README's worked example is this very sum.
+    assert f"= {most_pods * per_pod} ≤ {max_connections} − {reserve}" in readme
+
+
+def test_pods_are_annotated_for_scraping_on_the_service_port(deployed: Deployed) -> None:
+    deployment = load_yaml(deployed.path("deploy/k8s/deployment.yaml"))
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert [annotations["prometheus.io/port"]] == [str(port["containerPort"]) for port in container["ports"]]
 
 
 def test_image_user_and_port_agree_with_the_manifest(deployed: Deployed) -> None:
