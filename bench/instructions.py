@@ -48,6 +48,13 @@ TARGETS = [
     ),
     Target("service.cache", "service, GET /cache/{key} (Redis GET)", "service", "/cache/bench", {}),
     Target(
+        "unmetered.cache",
+        "service without metrics, GET /cache/{key} (Redis GET)",
+        "service",
+        "/cache/bench",
+        {"METRICS_ENABLED": "false"},
+    ),
+    Target(
         "service.notes", "service, GET /notes/{id} (DB read)", "service", "/notes/{note_id}", {}
     ),
     # The libraries alone (apps/floors.py): subtract the first from the other two.

@@ -73,8 +73,9 @@ QUICK = Mode(rounds=2, seconds=2, warmup_seconds=1, startup_runs=3, counted_requ
 @dataclass(frozen=True)
 class Endpoint:
     key: str
-    # "service", "quiet" (the service with LOG_LEVEL=WARNING: no request log), "bare", "naive",
-    # or "raw": the plain asyncio loop, not served
+    # "service", "quiet" (the service with LOG_LEVEL=WARNING: no request log), "unmetered" (the
+    # service with METRICS_ENABLED=false), "bare", "naive", or "raw": the plain asyncio loop,
+    # not served
     app: str
     path: str
     description: str
@@ -98,6 +99,12 @@ ENDPOINTS = [
     ),
     Endpoint("service.live", "service", "/health/live", "service, GET /health/live"),
     Endpoint(
+        "unmetered.live",
+        "unmetered",
+        "/health/live",
+        "service without metrics (METRICS_ENABLED=false), GET /health/live",
+    ),
+    Endpoint(
         "quiet.live",
         "quiet",
         "/health/live",
@@ -116,6 +123,12 @@ ENDPOINTS = [
     ),
     Endpoint("raw.combined", "raw", "", "plain asyncio loop, the same 3 round trips"),
     Endpoint("service.cache", "service", "/cache/bench", "service, GET /cache/{key} (Redis GET)"),
+    Endpoint(
+        "unmetered.cache",
+        "unmetered",
+        "/cache/bench",
+        "service without metrics, GET /cache/{key} (Redis GET)",
+    ),
     Endpoint("service.notes", "service", "/notes/{note_id}", "service, GET /notes/{id} (DB read)"),
     Endpoint(
         "service.notes.flooded",
@@ -269,9 +282,9 @@ def serve_and_load(
     urls = {app: f"http://127.0.0.1:{port}" for app, port in ports.items()}
     # The upstream is not under test: a plain ASGI app without lifespan.
     started = {}
-    for app in ("upstream", "service", "quiet", "bare", "naive"):
+    for app in ("upstream", "service", "quiet", "unmetered", "bare", "naive"):
         lifespan = "off" if app == "upstream" else "on"
-        module = "service" if app == "quiet" else app
+        module = "service" if app in {"quiet", "unmetered"} else app
         argv: list[str | Path] = [uvicorn, f"{module}:app", "--app-dir", APPS]
         argv += ["--port", str(ports[app])]
         started[app] = group.start(
@@ -526,6 +539,15 @@ def evaluate(
         rps_ratio("combined route: service / naive", "service.combined", "naive.combined", 10),
         lower_p99("combined route p99: service vs naive", "service.combined", "naive.combined"),
         rps_ratio("Redis GET route / bare app", "service.cache", "bare.live", 0.5),
+        rps_ratio(
+            "Redis GET route: metrics on / off", "service.cache", "unmetered.cache", 0.95
+        ),
+        rps_ratio("/health/live: metrics on / off", "service.live", "unmetered.live", None),
+        instruction_ratio(
+            "Redis GET route, by instructions per request: metrics on / off",
+            "service.cache",
+            "unmetered.cache",
+        ),
         rps_ratio("DB read route / bare app", "service.notes", "bare.live", 0.15),
         rps_ratio("upstream route / bare app", "service.upstream", "bare.live", None),
         rps_ratio("combined route / plain asyncio loop", "service.combined", "raw.combined", None),
@@ -695,7 +717,8 @@ def main() -> None:
 
     admin(python, "create-db", admin_dsn, DB_NAME)
     try:
-        ports = {app: free_port() for app in ("upstream", "service", "quiet", "bare", "naive")}
+        apps = ("upstream", "service", "quiet", "unmetered", "bare", "naive")
+        ports = {app: free_port() for app in apps}
         upstream = f"http://127.0.0.1:{ports['upstream']}"
         service_env = {
             "DATABASE_URL": bench_dsn,
@@ -714,8 +737,12 @@ def main() -> None:
             print(f"startup and shutdown: {mode.startup_runs} starts of python -m {PACKAGE}")
             startup = measure_startup(group, python, project, service_env, mode.startup_runs)
             floor = measure_import_floor(python, project, service_env, mode.startup_runs)
-            quiet_env = service_env | {"LOG_LEVEL": "WARNING"}
-            envs = {"service": service_env, "quiet": quiet_env, "naive": naive_env}
+            envs = {
+                "service": service_env,
+                "quiet": service_env | {"LOG_LEVEL": "WARNING"},
+                "unmetered": service_env | {"METRICS_ENABLED": "false"},
+                "naive": naive_env,
+            }
             served = serve_and_load(
                 group, python, project, envs, ports, wrk, args.connections, mode
             )
