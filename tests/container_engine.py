@@ -331,6 +331,9 @@ def private_dockerd(folder: Path) -> Iterator[DockerEngine]:
         stop(daemon)
         log.close()
         unmount_leftovers(folder)
+        # The images and layers (about 1 GB): pytest keeps its last temporary folders around.
+        for state in ("data", "exec"):
+            shutil.rmtree(folder / state, ignore_errors=True)
 
 
 def wait_until_ready(engine: DockerEngine, daemon: subprocess.Popen[bytes], log: Path) -> None:
