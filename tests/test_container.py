@@ -280,24 +280,8 @@ def json_events(log: str) -> list[dict]:
     return events
 
 
-# --- the test -----------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", CONTAINER_CASES, ids=[case.id for case in CONTAINER_CASES])
-def test_image_builds_and_runs_as_the_manifest_asks(
-    case: Case,
-    baker: Baker,
-    docker_engine: DockerEngine,
-    tmp_path: Path,
-    record_property: Callable[[str, object], None],
-) -> None:
-    engine = docker_engine
-    project = baker.bake(tmp_path, case.context)
-    bases = {i.arguments.split()[0] for i in dockerfile_instructions(project / "Dockerfile") if i.keyword == "FROM"}
-    assert bases == {container_engine.STAND_IN_TAG}, "the stand-in base exists for the default python_version only"
-    tag = f"{case.slug}:container-test"
-
+def build_and_rebuild(engine: DockerEngine, project: Path, case: Case, tag: str) -> str:
+    """Build from the clean bake, then after a code change; the figures of both builds."""
     first = build(engine, project, tag)
     assert_ok(first.result)
     first_layers = image_history(engine, tag)
@@ -311,16 +295,16 @@ def test_image_builds_and_runs_as_the_manifest_asks(
     assert second.reused("-r requirements.txt"), second.step("-r requirements.txt")
     assert not second.reused("--no-deps ."), second.step("--no-deps .")
     assert second.installed() == {case.slug}
-    new_layers = {layer: bytes_ for layer, bytes_ in image_history(engine, tag).items() if layer not in first_layers}
 
-    figures = [
-        engine.description,
+    new_layers = [size for layer, size in image_history(engine, tag).items() if layer not in first_layers]
+    return (
         f"{case.id}: image {megabytes(size)}; first build {first.seconds:.1f} s; after a src/ change "
-        f"{second.seconds:.1f} s, {megabytes(sum(new_layers.values()))} of new layers",
-    ]
-    record_property(FIGURES_PROPERTY, figures)
-    print(*figures, sep="\n")
+        f"{second.seconds:.1f} s, {megabytes(sum(new_layers))} of new layers"
+    )
 
+
+def serve_until_stopped(engine: DockerEngine, project: Path, case: Case, tag: str) -> list[dict]:
+    """Run the image as the manifest would until it serves, then stop it; its log events."""
     pod = pod_from_manifest(project)
     port = project_servers.free_port()
     env = pod.env | {"PORT": str(port)}
@@ -339,12 +323,35 @@ def test_image_builds_and_runs_as_the_manifest_asks(
 
         started = time.monotonic()
         stopped = engine.run("stop", "--time", str(pod.grace_seconds), container.id, timeout=pod.grace_seconds + 30)
-        stop_seconds = time.monotonic() - started
         assert stopped.returncode == 0, stopped.stdout
+        assert time.monotonic() - started < pod.grace_seconds
         state = container.state()
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False), container.logs()
-        assert stop_seconds < pod.grace_seconds
-        events = json_events(container.logs())
+        return json_events(container.logs())
+
+
+# --- the test -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CONTAINER_CASES, ids=[case.id for case in CONTAINER_CASES])
+def test_image_builds_and_runs_as_the_manifest_asks(
+    case: Case,
+    baker: Baker,
+    docker_engine: DockerEngine,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    project = baker.bake(tmp_path, case.context)
+    bases = {i.arguments.split()[0] for i in dockerfile_instructions(project / "Dockerfile") if i.keyword == "FROM"}
+    assert bases == {container_engine.STAND_IN_TAG}, "the stand-in base exists for the default python_version only"
+    tag = f"{case.slug}:container-test"
+
+    figures = [docker_engine.description, build_and_rebuild(docker_engine, project, case, tag)]
+    record_property(FIGURES_PROPERTY, figures)
+    print(*figures, sep="\n")
+
+    events = serve_until_stopped(docker_engine, project, case, tag)
 
     closed = {event["resource"] for event in events if event["event"] == "resource.closed"}
     assert closed == set(case.enabled)
