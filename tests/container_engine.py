@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,11 +106,13 @@ def apt_mirror(suite: str = SUITE) -> str:
         if path.suffix == ".sources":
             for stanza in path.read_text().split("\n\n"):
                 fields = deb822_fields(stanza)
-                if "deb" in fields.get("types", "").split() and suite in fields.get("suites", "").split():
+                enabled = fields.get("enabled", "yes").lower() != "no"
+                if enabled and "deb" in fields.get("types", "").split() and suite in fields.get("suites", "").split():
                     return fields["uris"].split()[0]
         else:
             for line in path.read_text().splitlines():
-                words = [word for word in line.split("#")[0].split() if not word.startswith("[")]
+                # deb [arch=amd64 signed-by=...] URI SUITE COMPONENT...
+                words = re.sub(r"\[[^]]*\]", " ", line.split("#")[0]).split()
                 if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
                     return words[1]
     raise RuntimeError(f"no apt source for Debian {suite} in {', '.join(map(str, files))}")
@@ -132,8 +135,9 @@ def host_package_indexes() -> dict[str, str]:
     exist inside the build, so they are not carried over.
     """
     settings: dict[str, str] = {}
-    parser = configparser.ConfigParser()
-    parser.read([path for path in HOST_PIP_CONFIGS if path.is_file()])
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    files = [*HOST_PIP_CONFIGS, *([Path(os.environ["PIP_CONFIG_FILE"])] if os.environ.get("PIP_CONFIG_FILE") else [])]
+    parser.read([path for path in files if path.is_file()])
     for key in ("index-url", "extra-index-url"):
         if parser.has_option("global", key):
             settings[key] = parser.get("global", key)
