@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ READY_TIMEOUT = 60
 # The image's HEALTHCHECK asks every 10 s; asked every second here, the test need not wait 10 s
 # for the first answer. Its timeout, retries and start period stay the image's.
 HEALTH_INTERVAL = "1s"
+# The manifest sets no WORKERS (the default, 1); a pod may run more, each with its own lifespan.
+WORKER_COUNTS = (1, 2)
 # After a code change the image may differ from the one before by the service's own files only
 # (100 to 250 kB); the dependencies are tens of megabytes.
 NEW_LAYERS_LIMIT = 2_000_000
@@ -309,19 +312,21 @@ def build_and_rebuild(engine: DockerEngine, project: Path, case: Case, tag: str)
     )
 
 
-def serve_until_stopped(engine: DockerEngine, project: Path, case: Case, tag: str) -> list[dict]:
-    """Run the image as the manifest would until it serves, then stop it; its log events."""
-    pod = pod_from_manifest(project)
-    port = project_servers.free_port()
-    env = pod.env | {"PORT": str(port)}
+def server_env(engine: DockerEngine, tag: str, pod: Pod, case: Case, stack: contextlib.ExitStack) -> dict[str, str]:
+    """The URLs of the host's servers; with PostgreSQL, a fresh database migrated by the image."""
+    env = {}
     if "redis" in case.enabled:
         env["REDIS_URL"] = REDIS_URL
-    with contextlib.ExitStack() as stack:
-        if "postgres" in case.enabled:
-            env["DATABASE_URL"] = stack.enter_context(fresh_database())
-            migrate(engine, tag, pod, env["DATABASE_URL"])
-        container = stack.enter_context(running(engine, tag, pod, env))
+    if "postgres" in case.enabled:
+        env["DATABASE_URL"] = stack.enter_context(fresh_database())
+        migrate(engine, tag, pod, env["DATABASE_URL"])
+    return env
 
+
+def serve_until_stopped(engine: DockerEngine, tag: str, pod: Pod, env: dict[str, str]) -> list[dict]:
+    """Run the image as the manifest would until it serves, then stop it; its log events."""
+    port = project_servers.free_port()
+    with running(engine, tag, pod, pod.env | env | {"PORT": str(port)}) as container:
         poll("/health/ready to answer 200", lambda: container.ready_status(port), READY_TIMEOUT)
         poll("Docker to report the container healthy", container.health, READY_TIMEOUT)
         assert container.process_uids() == {pod.run_as_user}
@@ -357,8 +362,13 @@ def test_image_builds_and_runs_as_the_manifest_asks(
     record_property(FIGURES_PROPERTY, figures)
     print(*figures, sep="\n")
 
-    events = serve_until_stopped(docker_engine, project, case, tag)
+    pod = pod_from_manifest(project)
+    with contextlib.ExitStack() as stack:
+        env = server_env(docker_engine, tag, pod, case, stack)
+        # As the manifest runs it (one worker), then scaled up inside the pod (README: Scaling out).
+        for workers in WORKER_COUNTS:
+            events = serve_until_stopped(docker_engine, tag, pod, env | {"WORKERS": str(workers)})
 
-    closed = {event["resource"] for event in events if event["event"] == "resource.closed"}
-    assert closed == set(case.enabled)
-    assert "lifespan.stopped" in [event["event"] for event in events]
+            closed = Counter(event["resource"] for event in events if event["event"] == "resource.closed")
+            assert closed == dict.fromkeys(case.enabled, workers), f"WORKERS={workers}"
+            assert [event["event"] for event in events].count("lifespan.stopped") == workers
