@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -134,6 +135,16 @@ class Pod:
     run_as_user: int
 
 
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes quantity of bytes (``64Mi``, ``1G``, ``500k``...) as a number."""
+    match = re.fullmatch(r"(\d+)(k|[MGT]|[KMGT]i)?", str(quantity))
+    assert match, f"not a quantity of bytes: {quantity!r}"
+    number, unit = match.groups()
+    units: dict[str | None, int] = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    units |= {f"{prefix}i": 1024 ** (index + 1) for index, prefix in enumerate("KMGT")}
+    return int(number) * units[unit]
+
+
 def pod_from_manifest(project: Path) -> Pod:
     pod = load_yaml(project / "deploy/k8s/deployment.yaml")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -143,7 +154,8 @@ def pod_from_manifest(project: Path) -> Pod:
     for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
         assert "emptyDir" in volume, f"the test knows no volume but emptyDir: {volume}"
-        options += ["--tmpfs", mount["mountPath"]]
+        size = volume["emptyDir"].get("sizeLimit")
+        options += ["--tmpfs", mount["mountPath"] + (f":size={quantity_bytes(size)}" if size else "")]
     options += [f"--cap-drop={capability}" for capability in security.get("capabilities", {}).get("drop", [])]
     if security.get("allowPrivilegeEscalation") is False:
         options += ["--security-opt", "no-new-privileges"]
