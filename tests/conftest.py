@@ -16,6 +16,8 @@ import pytest
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 from uv import find_uv_bin
 
+import container_engine
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -125,6 +127,46 @@ def scram_postgres_url() -> Iterator[str]:
         patch.setenv(project_servers.REQUIRE_SERVERS, "1")  # no initdb here is a failure
         with project_servers.private_postgres(password="scram-only-pw") as server:
             yield server.url
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[container_engine.DockerEngine]:
+    """A private dockerd (one per test worker) holding the stand-in base image.
+
+    Skipped where docker.io or debootstrap is missing, or without root; in CI a failure.
+    """
+    missing = container_engine.missing_requirements()
+    if missing:
+        container_engine.skip_or_fail("; ".join(missing))
+    stand_in = container_engine.stand_in_base(container_engine.StandInRecipe.from_host(), container_engine.cache_dir())
+    with container_engine.private_dockerd(tmp_path_factory.mktemp("dockerd")) as engine:
+        engine.import_stand_in(stand_in)
+        made = f"made in {stand_in.build_seconds:.0f} s" if stand_in.build_seconds else "from the cache"
+        engine.description = (
+            f"docker {engine.versions()}; stand-in {container_engine.STAND_IN_TAG} {made}: {stand_in.tarball}"
+        )
+        yield engine
+
+
+# The container tests record their figures (image sizes, build times) under this name; the
+# summary prints them, since xdist workers' output is not shown.
+FIGURES_PROPERTY = "container figures"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the container tests measured: their reports carry it back from xdist workers."""
+    lines = {
+        line: None
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == FIGURES_PROPERTY
+        for line in value
+    }
+    if lines:
+        terminalreporter.section("container images")
+        for line in lines:
+            terminalreporter.line(line)
 
 
 @dataclass(frozen=True)

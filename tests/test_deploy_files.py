@@ -1,7 +1,7 @@
 """The deployment files of every baked combination, checked without Docker, GitHub or a cluster.
 
-Nothing here can build an image or start a container, so each file goes through a validator that
-works offline: hadolint for the Dockerfile, the Compose specification and GitHub workflow JSON
+Nothing here builds an image or starts a container (test_container.py does, for two bakes), so
+each file goes through a validator that works offline: hadolint for the Dockerfile, the Compose specification and GitHub workflow JSON
 schemas that check-jsonschema ships, and the Kubernetes API schemas that kubernetes-validate
 ships. The tests then read the parsed files for what a schema cannot know: which services follow
 which flags, what the probes ask, and whether the shutdown fits its grace period.
