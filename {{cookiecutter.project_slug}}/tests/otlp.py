@@ -22,6 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 @dataclass(frozen=True)
 class Span:
     name: str
+    scope: str  # the instrumentation that made it, e.g. opentelemetry.instrumentation.redis
     kind: str  # "server", "client", "internal", ...
     trace_id: str  # hex, as the service logs it
     span_id: str
@@ -49,6 +50,7 @@ def decode(payload: bytes) -> list[Span]:
             spans.extend(
                 Span(
                     name=span.name,
+                    scope=scope_spans.scope.name,
                     kind=ProtoSpan.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_").lower(),
                     trace_id=span.trace_id.hex(),
                     span_id=span.span_id.hex(),
