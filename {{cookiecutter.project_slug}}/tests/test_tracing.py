@@ -21,6 +21,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.dependencies import AppTracer
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import serve
 from tests.otlp import OtlpReceiver, Span, children_of, otlp_receiver
@@ -155,6 +156,26 @@ async def test_every_app_traces_with_a_provider_of_its_own(
     for server in servers:
         assert bool(children_of(server, spans)) == (BUSIEST.client is not None)
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+async def test_a_route_adds_spans_of_its_own_with_app_tracer(
+    make_settings: Callable[..., Settings], receiver: OtlpReceiver
+) -> None:
+    app = create_app(make_settings())
+
+    @app.get("/test/own-span")
+    async def own_span(tracer: AppTracer) -> dict[str, str]:
+        with tracer.start_as_current_span("own work"):
+            return {"status": "ok"}
+
+    async with serve(app) as client:
+        response = await client.get("/test/own-span")
+
+    assert response.status_code == 200
+    spans = receiver.spans()
+    (own,) = [span for span in spans if span.name == "own work"]
+    (server,) = [span for span in spans if span.kind == "server"]
+    assert (own.parent_span_id, own.scope) == (server.span_id, "{{ cookiecutter.package_name }}")
 
 
 def unreachable_collector(kind: str) -> AbstractContextManager[int]:
