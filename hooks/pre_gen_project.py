@@ -21,6 +21,7 @@ SHADOWED_IMPORTS = {
     "fastapi",
     "httpx",
     "mypy",
+    "opentelemetry",
     "pydantic",
     "pydantic_settings",
     "pytest",

@@ -19,6 +19,7 @@ BAD_ANSWERS: list[tuple[str, dict[str, str]]] = [
     ("project_slug", {"project_slug": "-leading-hyphen", "package_name": "leading_hyphen"}),
     ("package_name", {"package_name": "redis"}),
     ("package_name", {"package_name": "fastapi"}),
+    ("package_name", {"package_name": "opentelemetry"}),
     ("package_name", {"package_name": "test"}),
     ("package_name", {"package_name": "class"}),
     ("package_name", {"package_name": "1abc"}),
