@@ -66,7 +66,9 @@ def new_tracer_provider() -> TracerProvider:
 
 def trace_requests(app: FastAPI, tracer_provider: TracerProvider) -> None:
     """A server span around every request, named by its route template (`GET /notes/{note_id}`),
-    continuing the trace of an incoming `traceparent`."""
+    continuing the trace of an incoming `traceparent`. (The instrumentor also wraps Starlette's
+    BackgroundTask for the whole process, once, with the first app's tracer: in a process that
+    serves one app, this one.)"""
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=tracer_provider,
