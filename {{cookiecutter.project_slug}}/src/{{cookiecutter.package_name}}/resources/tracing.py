@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
 from {{ cookiecutter.package_name }}.settings import Settings
 
-# The instrumentations' own metrics would be a second, unexported set beside /metrics.
+# The instrumentations' own metrics would be a second set of metrics, never exported.
 _NO_METRICS = NoOpMeterProvider()
 
 
@@ -54,8 +54,8 @@ def new_tracer_provider() -> TracerProvider:
     """A provider that exports nothing until `export_spans` (the lifespan) starts its export.
 
     It exists before the lifespan runs because Starlette builds the middleware stack, and with
-    it the server-span middleware and its tracer, before it runs the lifespan; creating it opens
-    nothing (no thread, no connection), like creating the app."""
+    it the server-span middleware and its tracer, before it runs the lifespan. Like creating the
+    app, creating it leaves nothing open: no export thread, no connection."""
     # The project's name unless OTEL_SERVICE_NAME (or OTEL_RESOURCE_ATTRIBUTES) gives another.
     named = Resource.create({SERVICE_NAME: "{{ cookiecutter.project_slug }}"})
     resource = named.merge(OTELResourceDetector().detect())
