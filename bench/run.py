@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "bench" / "apps"
 BUILD = REPO / "build" / "bench"
 PACKAGE = "my_service"  # the package name of the default answers
-FLAGS = ("use_postgres", "use_redis", "use_http_client")
+FLAGS = ("use_postgres", "use_redis", "use_http_client", "use_opentelemetry")
 DB_NAME = "bench_my_service"
 WRK_THREADS = 1  # one core for wrk, the other for the app under test
 
@@ -424,7 +424,7 @@ def measure_import_floor(
 
 
 def time_bakes(config: Path) -> dict[str, float]:
-    """Seconds to bake each combination of the three flags (cookiecutter only, in-process)."""
+    """Seconds to bake each combination of the flags (cookiecutter only, in-process)."""
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-bake-") as tmp:
         for number, values in enumerate(product([True, False], repeat=len(FLAGS))):

@@ -1,4 +1,4 @@
-"""Delete the files of the resources the user switched off."""
+"""Delete the files of the resources and features the user switched off."""
 
 import shutil
 from pathlib import Path
@@ -28,13 +28,19 @@ FILES_BY_RESOURCE = {
         Path("tests") / "test_http_client.py",
         Path("tests") / "test_http_client_silent.py",
     ],
+    "opentelemetry": [
+        PACKAGE / "resources" / "tracing.py",
+        Path("tests") / "test_tracing.py",
+        Path("tests") / "otlp.py",
+    ],
 }
 ENABLED = {
     "postgres": {{ cookiecutter.use_postgres }},
     "redis": {{ cookiecutter.use_redis }},
     "http_client": {{ cookiecutter.use_http_client }},
+    "opentelemetry": {{ cookiecutter.use_opentelemetry }},
 }
-# Only needed when the service owns at least one resource.
+# Only needed when the service owns at least one resource (the tracer provider is one).
 FILES_OF_ANY_RESOURCE = [
     PACKAGE / "resources",
     Path("tests") / "test_lifespan.py",

@@ -21,6 +21,7 @@ SHADOWED_IMPORTS = {
     "fastapi",
     "httpx",
     "mypy",
+    "opentelemetry",
     "prometheus_client",
     "pydantic",
     "pydantic_settings",

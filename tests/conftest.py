@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -204,8 +205,9 @@ class ProjectVenv:
         env[project_servers.REQUIRE_SERVERS] = "1"
         return env | dict(self.overrides)
 
-    def create(self, project_dir: Path) -> StepResult:
-        """Create the venv and install the project editable with its dev extra, using uv.
+    def create(self, project_dir: Path, *, install_project: bool = True) -> StepResult:
+        """Create the venv and install the project editable with its dev extra, using uv (or,
+        with install_project=False, only what the project depends on, dev extra included).
 
         uv's cache is shared by all workers and runs (uv locks it), so only the first
         install downloads anything.
@@ -222,9 +224,10 @@ class ProjectVenv:
         )
         if not created.ok:
             return created
+        what = ["-e", ".[dev]"] if install_project else ["-r", "pyproject.toml", "--extra", "dev"]
         return run_step(
-            "uv pip install -e '.[dev]'",
-            [uv, "pip", "install", "--python", self.bin / "python", "-e", ".[dev]"],
+            f"uv pip install {shlex.join(what)}",
+            [uv, "pip", "install", "--python", self.bin / "python", *what],
             cwd=project_dir,
             env=env,
             timeout=600,

@@ -1,13 +1,16 @@
-"""Bake every combination of resources and check the result.
+"""Bake every combination of options and check the result.
 
-Cheap checks read the generated files. The ``slow`` check installs each baked project in its
-own venv and runs the project's own lint, type and test commands, exactly as its README says.
+Cheap checks read the generated files. The ``slow`` checks install baked projects and run the
+project's own lint, type and test commands, exactly as its README says: every combination is
+linted and type-checked; the full suite runs on a set of combinations that covers every pair of
+flag values (see SUITE_FLAGS).
 """
 
 from __future__ import annotations
 
 import ast
 import itertools
+import json
 import re
 import tomllib
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Baker, ProjectVenv, StepResult
+from conftest import TEMPLATE_DIR, Baker, ProjectVenv, StepResult
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,27 @@ RESOURCES: dict[str, Resource] = {
         dependencies=("httpx",),
         modules=("httpx",),
     ),
+    "opentelemetry": Resource(
+        flag="use_opentelemetry",
+        files=(
+            "src/{package}/resources/tracing.py",
+            "tests/test_tracing.py",
+            "tests/otlp.py",
+        ),
+        dependencies=(
+            "opentelemetry-api",
+            "opentelemetry-sdk",
+            "opentelemetry-exporter-otlp-proto-http",
+            "opentelemetry-instrumentation-fastapi",
+        ),
+        modules=("opentelemetry",),
+    ),
+}
+# Dependencies of two options together: the tracing instrumentation of each resource.
+PAIR_DEPENDENCIES: dict[tuple[str, str], str] = {
+    ("opentelemetry", "postgres"): "opentelemetry-instrumentation-sqlalchemy",
+    ("opentelemetry", "redis"): "opentelemetry-instrumentation-redis",
+    ("opentelemetry", "http_client"): "opentelemetry-instrumentation-httpx",
 }
 
 
@@ -107,12 +131,27 @@ class Case:
         return context
 
 
+def case_of(flags: str) -> Case:
+    """The case of flags written in RESOURCES order, e.g. "1010": postgres and http_client on."""
+    return Case(frozenset(name for name, on in zip(RESOURCES, flags, strict=True) if on == "1"))
+
+
+RENAMED_ALL_ON = Case(
+    frozenset(RESOURCES), project_name="Billing API v2", slug="billing-api-v2", package="billing_api_v2"
+)
 CASES = [
-    Case(frozenset(name for name, on in zip(RESOURCES, flags, strict=True) if on))
-    for flags in itertools.product([True, False], repeat=len(RESOURCES))
-] + [
-    Case(frozenset(RESOURCES), project_name="Billing API v2", slug="billing-api-v2", package="billing_api_v2"),
-]
+    case_of("".join(flags)) for flags in itertools.product("10", repeat=len(RESOURCES))
+] + [RENAMED_ALL_ON]
+
+# The combinations whose own test suite runs (RESOURCES order: postgres, redis, http_client,
+# opentelemetry): all on, all off, the default answers, and three more so that every two flags
+# meet in each of their four pairs of values (test_suite_cases_cover_every_pair_of_flag_values);
+# those three are tracing with each resource alone. A suite takes a minute or more of real
+# servers and processes; what the other combinations add is which files and lines they contain,
+# and every combination is linted and type-checked.
+SUITE_FLAGS = ["1111", "0000", "1110", "1001", "0101", "0011"]
+SUITE_CASES = [case_of(flags) for flags in SUITE_FLAGS] + [RENAMED_ALL_ON]
+LINT_ONLY_CASES = [case for case in CASES if case not in SUITE_CASES]
 
 TEMPLATE_MARKERS = ("{{", "{%", "%}")
 # GitHub Actions expressions look like Jinja; they are the only braces allowed, and only there.
@@ -178,6 +217,20 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
+def test_suite_cases_cover_every_pair_of_flag_values() -> None:
+    suites = [case.enabled for case in SUITE_CASES]
+    assert frozenset(RESOURCES) in suites
+    assert frozenset() in suites
+    defaults = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+    assert frozenset(name for name, resource in RESOURCES.items() if defaults[resource.flag]) in suites
+    every_pair_of_values = set(itertools.product([True, False], repeat=2))
+    for first, second in itertools.combinations(RESOURCES, 2):
+        met = {(first in enabled, second in enabled) for enabled in suites}
+        assert met == every_pair_of_values, f"{first} and {second} never meet as {every_pair_of_values - met}"
+    assert len(CASES) == 2 ** len(RESOURCES) + 1
+    assert sorted(SUITE_CASES + LINT_ONLY_CASES, key=str) == sorted(CASES, key=str)
+
+
 def test_project_is_named_after_slug_and_package(baked: Baked) -> None:
     assert baked.project.name == baked.case.slug
     assert (baked.project / "src" / baked.case.package / "__init__.py").is_file()
@@ -233,6 +286,9 @@ def test_runtime_dependencies_follow_flags(baked: Baked) -> None:
             assert declared == sorted(resource.dependencies), f"{name} is on: [project].dependencies = {dependencies}"
         else:
             assert declared == [], f"{name} is off but [project].dependencies has {declared}"
+    for pair, dependency in PAIR_DEPENDENCIES.items():
+        both_on = set(pair) <= baked.case.enabled
+        assert (dependency in dependencies) == both_on, f"{dependency}: {pair} on = {both_on}"
 
 
 def test_warnings_of_leaks_and_deprecations_fail_the_project_tests(baked: Baked) -> None:
@@ -281,7 +337,7 @@ def servers_for(case: Case, request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize("case", SUITE_CASES, ids=[case.id for case in SUITE_CASES])
 def test_project_checks_pass(
     case: Case, baker: Baker, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -308,3 +364,34 @@ def test_project_checks_pass(
         if sign in result.output
     ]
     assert not leaks, f"signs of leaked connections or loops in the output: {leaks}"
+
+
+@pytest.fixture(scope="session")
+def shared_venv(baker: Baker, tmp_path_factory: pytest.TempPathFactory) -> ProjectVenv:
+    """One venv (per test worker) with the dependencies of every option, but no project, for the
+    combinations that are only linted and type-checked: each would otherwise install a venv of
+    its own, which costs more than its checks. A combination cannot lean on a package that its
+    own pyproject.toml lacks without a cheap check noticing: test_runtime_dependencies_follow_flags
+    reads what it declares, test_src_does_not_import_disabled_resources what it imports. mypy
+    keeps one cache beside the venv: the installed packages, most of its work, are analysed once
+    per worker, and each project's own modules are checked afresh (their hashes differ)."""
+    root = tmp_path_factory.mktemp("shared-venv")
+    every_option = {resource.flag: True for resource in RESOURCES.values()}
+    project = baker.bake(root / "out", every_option)
+    venv = ProjectVenv(root / "venv", overrides={"MYPY_CACHE_DIR": str(root / "mypy-cache")})
+    installed = venv.create(project, install_project=False)
+    if not installed.ok:
+        pytest.fail(installed.report(), pytrace=False)
+    return venv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", LINT_ONLY_CASES, ids=[case.id for case in LINT_ONLY_CASES])
+def test_project_lints_and_type_checks(case: Case, baker: Baker, tmp_path: Path, shared_venv: ProjectVenv) -> None:
+    project = baker.bake(tmp_path / "out", case.context)
+
+    results = [shared_venv.run(name, argv, cwd=project) for name, argv in PROJECT_CHECKS if name != "pytest"]
+
+    failed = [result for result in results if not result.ok]
+    if failed:
+        pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)

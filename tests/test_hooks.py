@@ -19,6 +19,7 @@ BAD_ANSWERS: list[tuple[str, dict[str, str]]] = [
     ("project_slug", {"project_slug": "-leading-hyphen", "package_name": "leading_hyphen"}),
     ("package_name", {"package_name": "redis"}),
     ("package_name", {"package_name": "fastapi"}),
+    ("package_name", {"package_name": "opentelemetry"}),
     ("package_name", {"package_name": "test"}),
     ("package_name", {"package_name": "class"}),
     ("package_name", {"package_name": "1abc"}),
@@ -57,3 +58,16 @@ def test_defaults_bake_my_service(baker: Baker, tmp_path: Path) -> None:
 
     assert project == tmp_path / "my-service"
     assert (project / "src" / "my_service" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize(("answer", "on"), [("y", True), ("yes", True), ("true", True), ("n", False), ("no", False)])
+def test_opentelemetry_answer_on_the_command_line_keeps_or_deletes_tracing(
+    baker: Baker, tmp_path: Path, answer: str, on: bool
+) -> None:
+    result = baker.run_cli(tmp_path, {"use_opentelemetry": answer})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    project = tmp_path / "my-service"
+    tracing_files = [project / "src" / "my_service" / "resources" / "tracing.py", project / "tests" / "test_tracing.py"]
+    assert [path.exists() for path in tracing_files] == [on, on]
+    assert ("opentelemetry-sdk" in (project / "pyproject.toml").read_text()) == on

@@ -46,6 +46,9 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- if cookiecutter.use_opentelemetry %}
+from tests.otlp import OtlpReceiver, otlp_receiver
+{%- endif %}
 {%- if cookiecutter.use_http_client %}
 from tests.servers import free_port, upstream_server
 {%- else %}
@@ -55,8 +58,13 @@ from tests.servers import free_port
 {% set resources = (["postgres"] if cookiecutter.use_postgres else [])
     + (["redis"] if cookiecutter.use_redis else [])
     + (["http_client"] if cookiecutter.use_http_client else []) -%}
-# The resources this service opens, in lifespan order.
+# The resources this service opens, in lifespan order: those /health/ready checks.
 RESOURCES: list[str] = {{ resources | tojson }}
+# Everything the lifespan opens and closes, logging resource.opened / resource.closed.
+{%- if cookiecutter.use_opentelemetry %}
+# The tracer provider opens first, so that it closes last.
+{%- endif %}
+LIFESPAN_RESOURCES: list[str] = {{ ((["tracing"] if cookiecutter.use_opentelemetry else []) + resources) | tojson }}
 PROJECT = Path(__file__).resolve().parent.parent
 {%- if cookiecutter.use_postgres %}
 
@@ -116,6 +124,18 @@ def database_url() -> Iterator[str]:
     finally:
         asyncio.run(drop())
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collector() -> Iterator[OtlpReceiver]:
+    """Every test's spans go to a local receiver, as they would go to a collector: without one
+    the exporter would retry at each shutdown until SHUTDOWN_TIMEOUT. (tests/test_tracing.py
+    points single tests at receivers of their own.)"""
+    with otlp_receiver() as receiver, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        yield receiver
+{%- endif %}
 {%- if cookiecutter.use_http_client %}
 
 
@@ -159,6 +179,9 @@ def service_env(
 {%- if cookiecutter.use_http_client %}
     upstream_url: str,
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+    collector: OtlpReceiver,
+{%- endif %}
 ) -> dict[str, str]:
     """The environment of the service run as a process (tests/processes.py): the test servers,
     a free port, JSON logs, and nothing inherited that could change its settings."""
@@ -178,6 +201,9 @@ def service_env(
 {%- if cookiecutter.use_http_client %}
         "HTTP_CLIENT_BASE_URL": upstream_url,
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+{%- endif %}
     }
 
 
@@ -193,6 +219,11 @@ BLOCKING_ALLOWED_IN: list[tuple[str, set[str]]] = [
     ("structlog/dev.py", {"__call__"}),
     # FastAPI looks an endpoint's source file up once, to name it in error messages.
     ("fastapi/routing.py", {"_extract_endpoint_context"}),
+{%- if cookiecutter.use_opentelemetry %}
+    # Creating an app detects its tracing resource attributes in a thread pool and waits for it:
+    # once per process, before it serves (the tests create their apps inside the event loop).
+    ("opentelemetry/sdk/resources/__init__.py", {"get_aggregated_resources"}),
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
     # asyncpg, like libpq, looks for ~/.pgpass and ~/.postgresql/ certificates per new connection.
     ("asyncpg/connect_utils.py", {"_parse_connect_dsn_and_args"}),

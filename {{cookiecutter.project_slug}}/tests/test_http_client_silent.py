@@ -11,7 +11,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import RESOURCES, serve
+from tests.conftest import LIFESPAN_RESOURCES, serve
 from tests.processes import closing_events, stopped_while_silent, worst_case_stop_seconds
 from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
 
@@ -72,5 +72,5 @@ def test_sigterm_with_the_upstream_silent_exits_0_within_the_bound(
 
     seconds, log = stopped_while_silent(service_env, tmp_path, proxy)
 
-    assert seconds < worst_case_stop_seconds(service_env, len(RESOURCES)) + PROCESS_SLACK
-    assert closing_events(log) == dict.fromkeys(RESOURCES, "resource.closed")
+    assert seconds < worst_case_stop_seconds(service_env, len(LIFESPAN_RESOURCES)) + PROCESS_SLACK
+    assert closing_events(log) == dict.fromkeys(LIFESPAN_RESOURCES, "resource.closed")

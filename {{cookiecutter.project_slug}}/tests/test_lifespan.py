@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 {% endif -%}
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 {% if verified -%}
 import pytest
@@ -14,14 +14,17 @@ import pytest
 from fastapi import FastAPI
 from structlog.typing import EventDict
 
-from {{ cookiecutter.package_name }}.lifespan import lifespan
+from {{ cookiecutter.package_name }}.lifespan import State, lifespan
 {%- if verified %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, lifecycle
 {%- else %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+from {{ cookiecutter.package_name }}.resources.tracing import new_tracer_provider
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import RESOURCES
+from tests.conftest import LIFESPAN_RESOURCES, RESOURCES
 {%- if verified %}
 from tests.servers import free_port, silent_server
 
@@ -38,6 +41,15 @@ def pointing_at(resource: str, port: int) -> dict[str, str]:
 {%- endif %}
 
 
+def app_lifespan(settings: Settings) -> AbstractAsyncContextManager[State]:
+    """The lifespan of a new app, with what create_app hands it."""
+{%- if cookiecutter.use_opentelemetry %}
+    return lifespan(FastAPI(), settings, new_tracer_provider())
+{%- else %}
+    return lifespan(FastAPI(), settings)
+{%- endif %}
+
+
 def resources_logged(events: list[EventDict], event: str) -> list[str]:
     return [e["resource"] for e in events if e["event"] == event]
 
@@ -45,12 +57,16 @@ def resources_logged(events: list[EventDict], event: str) -> list[str]:
 async def test_opens_in_order_and_closes_in_reverse(
     settings: Settings, events: list[EventDict]
 ) -> None:
-    async with lifespan(FastAPI(), settings) as state:
-        assert set(state) == {"settings", "shutdown", "metrics", "readiness_checks", *RESOURCES}
-        assert resources_logged(events, "resource.opened") == RESOURCES
+    async with app_lifespan(settings) as state:
+        expected_state = {"settings", "shutdown", "metrics", "readiness_checks", *RESOURCES}
+{%- if cookiecutter.use_opentelemetry %}
+        expected_state.add("tracer_provider")
+{%- endif %}
+        assert set(state) == expected_state
+        assert resources_logged(events, "resource.opened") == LIFESPAN_RESOURCES
         assert resources_logged(events, "resource.closed") == []
 
-    assert resources_logged(events, "resource.closed") == RESOURCES[::-1]
+    assert resources_logged(events, "resource.closed") == LIFESPAN_RESOURCES[::-1]
     assert resources_logged(events, "resource.open_failed") == []
     opened = {e["resource"]: e for e in events if e["event"] == "resource.opened"}
     for event in events:
@@ -61,13 +77,14 @@ async def test_opens_in_order_and_closes_in_reverse(
         "postgres": {"host", "port", "database"},
         "redis": {"host", "port", "db"},
         "http_client": {"base_url_host"},
+        "tracing": {"service_name", "sampler"},
     }
     for resource, event in opened.items():
         assert expected_targets[resource] <= set(event)
 
 
 async def test_each_app_gets_its_own_resources(settings: Settings) -> None:
-    async with lifespan(FastAPI(), settings) as first, lifespan(FastAPI(), settings) as second:
+    async with app_lifespan(settings) as first, app_lifespan(settings) as second:
         first_resources, second_resources = dict(first), dict(second)
         for resource in RESOURCES:
             assert first_resources[resource] is not second_resources[resource]
@@ -82,10 +99,10 @@ async def test_a_failure_closes_what_was_already_open(
     settings = make_settings(startup_timeout=0.5, **pointing_at(failing, free_port()))
 
     with pytest.raises(ResourceUnavailableError, match=failing):
-        async with lifespan(FastAPI(), settings):
+        async with app_lifespan(settings):
             pytest.fail("the lifespan must not start")
 
-    opened_before = RESOURCES[: RESOURCES.index(failing)]
+    opened_before = LIFESPAN_RESOURCES[: LIFESPAN_RESOURCES.index(failing)]
     assert resources_logged(events, "resource.opened") == opened_before
     assert resources_logged(events, "resource.closed") == opened_before[::-1]
     failures = [e for e in events if e["event"] == "resource.open_failed"]
@@ -103,7 +120,7 @@ async def test_the_startup_deadline_cuts_off_a_server_that_never_answers(
         settings = make_settings(startup_timeout=1.0, **pointing_at(failing, port))
         started = time.monotonic()
         with pytest.raises(ResourceUnavailableError, match="startup timeout"):
-            async with lifespan(FastAPI(), settings):
+            async with app_lifespan(settings):
                 pytest.fail("the lifespan must not start")
         elapsed = time.monotonic() - started
 

@@ -17,7 +17,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import DbSession
 from {{ cookiecutter.package_name }}.models import Note
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import RESOURCES, assert_answered_unavailable, serve
+from tests.conftest import LIFESPAN_RESOURCES, assert_answered_unavailable, serve
 from tests.processes import (
     closing_events,
     finish,
@@ -157,10 +157,10 @@ def test_sigterm_with_the_database_silent_exits_0_within_the_bound(
 
     seconds, log = stopped_while_silent(service_env, tmp_path, proxy)
 
-    assert seconds < worst_case_stop_seconds(service_env, len(RESOURCES)) + PROCESS_SLACK
+    assert seconds < worst_case_stop_seconds(service_env, len(LIFESPAN_RESOURCES)) + PROCESS_SLACK
     # Closing the pooled connection waits on the silent server until SHUTDOWN_TIMEOUT; the
     # other resources close all the same.
-    assert closing_events(log) == dict.fromkeys(RESOURCES, "resource.closed") | {
+    assert closing_events(log) == dict.fromkeys(LIFESPAN_RESOURCES, "resource.closed") | {
         "postgres": "resource.close_failed"
     }
 

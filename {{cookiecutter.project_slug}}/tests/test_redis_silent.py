@@ -12,7 +12,7 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import REDIS_URL, RESOURCES, assert_answered_unavailable, serve
+from tests.conftest import LIFESPAN_RESOURCES, REDIS_URL, assert_answered_unavailable, serve
 from tests.processes import closing_events, stopped_while_silent, worst_case_stop_seconds
 from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
 
@@ -92,6 +92,6 @@ def test_sigterm_with_redis_silent_exits_0_within_the_bound(
 
     seconds, log = stopped_while_silent(service_env, tmp_path, proxy)
 
-    assert seconds < worst_case_stop_seconds(service_env, len(RESOURCES)) + PROCESS_SLACK
-    assert set(closing_events(log)) == set(RESOURCES)
+    assert seconds < worst_case_stop_seconds(service_env, len(LIFESPAN_RESOURCES)) + PROCESS_SLACK
+    assert set(closing_events(log)) == set(LIFESPAN_RESOURCES)
     assert [line for line in log if line["level"] == "error"] == []

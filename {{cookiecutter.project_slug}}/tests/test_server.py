@@ -30,9 +30,9 @@ from sqlalchemy.engine import make_url
 {%- endif %}
 
 {% if cookiecutter.use_postgres -%}
-from tests.conftest import ADMIN_DATABASE_URL, RESOURCES, asyncpg_dsn
+from tests.conftest import ADMIN_DATABASE_URL, LIFESPAN_RESOURCES, asyncpg_dsn
 {%- else -%}
-from tests.conftest import RESOURCES
+from tests.conftest import LIFESPAN_RESOURCES
 {%- endif %}
 from tests.processes import (
     COMMANDS,
@@ -72,7 +72,7 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(
     assert any(line["event"].startswith("Started server process") for line in lines)
     opened = [line["resource"] for line in lines if line["event"] == "resource.opened"]
     closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
-    assert (opened, closed) == (RESOURCES, RESOURCES[::-1])
+    assert (opened, closed) == (LIFESPAN_RESOURCES, LIFESPAN_RESOURCES[::-1])
     requests = [line for line in lines if line["event"] == "http.request"]
     assert {"path": "/health/live", "status": 200, "request_id": "from-the-test"}.items() <= (
         requests[-1].items()
@@ -307,7 +307,7 @@ def test_sigterm_drains_the_requests_in_flight(service_env: dict[str, str], tmp_
     )
     assert events.index("shutdown.draining") < last_slow_request < events.index("lifespan.stopping")
     closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
-    assert closed == RESOURCES[::-1]
+    assert closed == LIFESPAN_RESOURCES[::-1]
 
 
 def test_a_stream_left_open_is_cut_at_the_graceful_shutdown_timeout(
@@ -334,7 +334,7 @@ def test_a_stream_left_open_is_cut_at_the_graceful_shutdown_timeout(
     lines = json_lines(stdout)
     assert "lifespan.stopped" in events_of(lines)
     closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
-    assert closed == RESOURCES[::-1]
+    assert closed == LIFESPAN_RESOURCES[::-1]
 
 
 def test_each_worker_runs_a_lifespan_of_its_own(
@@ -362,7 +362,7 @@ def test_each_worker_runs_a_lifespan_of_its_own(
     assert service.process.pid not in workers  # nothing opened in the parent, before the fork
     opened = [line["resource"] for line in lines if line["event"] == "resource.opened"]
     closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
-    assert sorted(opened) == sorted(closed) == sorted(RESOURCES * 2)
+    assert sorted(opened) == sorted(closed) == sorted(LIFESPAN_RESOURCES * 2)
     assert events_of(lines).count("lifespan.stopped") == 2
 {%- if verified %}
 

@@ -23,6 +23,9 @@ from {{ cookiecutter.package_name }}.resources.lifecycle import (
 {%- if cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.resources.redis import OUTAGE_ERRORS, respond_redis_unavailable
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+from {{ cookiecutter.package_name }}.resources.tracing import new_tracer_provider, trace_requests
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
@@ -34,10 +37,19 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 def create_app(settings: Settings) -> FastAPI:
+{%- if cookiecutter.use_opentelemetry %}
+    # Here rather than in the lifespan, which only starts and stops its export: the server-span
+    # middleware takes its tracer when Starlette builds the middleware stack, before the lifespan.
+    tracer_provider = new_tracer_provider()
+{%- endif %}
     app = FastAPI(
         title={{ cookiecutter.project_name | tojson }},
         description={{ cookiecutter.description | tojson }},
+{%- if cookiecutter.use_opentelemetry %}
+        lifespan=partial(lifespan, settings=settings, tracer_provider=tracer_provider),
+{%- else %}
         lifespan=partial(lifespan, settings=settings),
+{%- endif %}
         exception_handlers={
             RequestValidationError: _invalid_request,
 {%- if cookiecutter.use_postgres %}
@@ -54,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         probe_log_level=settings.probe_log_level,
     )
     if settings.metrics_enabled:
-        # Added last, so outermost: it times the whole request, the other middleware included.
+        # Added after the request middleware, so around it: it times the whole request.
         app.add_middleware(MetricsMiddleware)
         app.include_router(metrics.router)
     app.include_router(health.router)
@@ -66,5 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
     app.include_router(upstream.router)
+{%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+    trace_requests(app, tracer_provider)
 {%- endif %}
     return app

@@ -14,6 +14,10 @@ from typing import Annotated, cast
 import httpx
 {% endif -%}
 from fastapi import Depends, Request
+{%- if cookiecutter.use_opentelemetry %}
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+{%- endif %}
 from prometheus_client import CollectorRegistry
 {%- if cookiecutter.use_redis %}
 from redis.asyncio import Redis
@@ -104,4 +108,16 @@ async def _http_client(request: Request) -> httpx.AsyncClient:
 
 
 HttpClient = Annotated[httpx.AsyncClient, Depends(_http_client)]
+{%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+
+
+async def _tracer(request: Request) -> Tracer:
+    provider = cast(TracerProvider, request.state.tracer_provider)
+    return provider.get_tracer("{{ cookiecutter.package_name }}")
+
+
+# For spans of a route's own, under its request's span. (opentelemetry.trace.get_tracer() would
+# give one that records nothing: the service sets no process-wide provider, see README: Tracing.)
+AppTracer = Annotated[Tracer, Depends(_tracer)]
 {%- endif %}

@@ -1,4 +1,5 @@
-{%- set any_resource = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client -%}
+{%- set any_resource = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client
+    or cookiecutter.use_opentelemetry -%}
 """The lifespan: open the shared resources in order, hand them to requests, close them again."""
 
 {% if any_resource -%}
@@ -8,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-{%- if any_resource %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
 from functools import partial
 {%- endif %}
 from typing import TypedDict
@@ -18,6 +19,9 @@ import httpx
 {% endif -%}
 import structlog
 from fastapi import FastAPI
+{%- if cookiecutter.use_opentelemetry %}
+from opentelemetry.sdk.trace import TracerProvider
+{%- endif %}
 from prometheus_client import CollectorRegistry
 {%- if cookiecutter.use_redis %}
 from redis.asyncio import Redis
@@ -44,6 +48,20 @@ from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
 from {{ cookiecutter.package_name }}.resources.redis import connection_counts as redis_connections
 from {{ cookiecutter.package_name }}.resources.redis import open_redis
 {% endif -%}
+{% if cookiecutter.use_opentelemetry -%}
+from {{ cookiecutter.package_name }}.resources.tracing import (
+    export_spans,
+{%- if cookiecutter.use_http_client %}
+    trace_http_client,
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+    trace_postgres,
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    trace_redis,
+{%- endif %}
+)
+{% endif -%}
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.shutdown import ShutdownState, drain_on_sigterm
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
@@ -68,16 +86,30 @@ class State(TypedDict):
 {%- if cookiecutter.use_http_client %}
     http_client: httpx.AsyncClient
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+    tracer_provider: TracerProvider
+{%- endif %}
 
 
 @asynccontextmanager
+{%- if cookiecutter.use_opentelemetry %}
+async def lifespan(
+    app: FastAPI, settings: Settings, tracer_provider: TracerProvider
+) -> AsyncIterator[State]:
+{%- else %}
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
+{%- endif %}
     started = time.perf_counter()
 {%- if any_resource %}
     deadline = asyncio.get_running_loop().time() + settings.startup_timeout
 {%- endif %}
     # The exit stack closes whatever opened, in reverse order, also when a later one fails.
     async with AsyncExitStack() as stack:
+{%- if cookiecutter.use_opentelemetry %}
+        # First in, so last out: the spans of the last requests and of every other close are
+        # exported before it closes.
+        await stack.enter_async_context(export_spans(tracer_provider, settings, deadline))
+{%- endif %}
         shutdown = await stack.enter_async_context(drain_on_sigterm(settings.drain_seconds))
 {%- if cookiecutter.use_postgres %}
         postgres = await stack.enter_async_context(open_postgres(settings, deadline))
@@ -111,6 +143,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             )
         )
         state: State = {
+{%- if cookiecutter.use_opentelemetry %}
+            "tracer_provider": tracer_provider,
+{%- endif %}
             "settings": settings,
             "shutdown": shutdown,
 {%- if cookiecutter.use_postgres %}
@@ -126,6 +161,18 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             # Last in, so first out: no check still runs on a resource that is closing.
             "readiness_checks": await stack.enter_async_context(shared_checks(settings)),
         }
+{%- if cookiecutter.use_opentelemetry and (cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client) %}
+        # Traced from here on: the startup checks are no request's work.
+{%- endif %}
+{%- if cookiecutter.use_opentelemetry and cookiecutter.use_postgres %}
+        trace_postgres(state["postgres"], tracer_provider)
+{%- endif %}
+{%- if cookiecutter.use_opentelemetry and cookiecutter.use_redis %}
+        trace_redis(state["redis"], tracer_provider)
+{%- endif %}
+{%- if cookiecutter.use_opentelemetry and cookiecutter.use_http_client %}
+        trace_http_client(state["http_client"], tracer_provider)
+{%- endif %}
         log.info("lifespan.started", duration_ms=elapsed_ms(started), pid=os.getpid())
         yield state
         log.info("lifespan.stopping")

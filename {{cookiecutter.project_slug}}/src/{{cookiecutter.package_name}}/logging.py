@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+{%- if cookiecutter.use_opentelemetry %}
+from opentelemetry import trace
+{%- endif %}
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, ExceptionRenderer, Processor
 
@@ -21,6 +24,20 @@ def _add_utc_datetime(logger: Any, method_name: str, event_dict: EventDict) -> E
     # formatting it in Python.
     event_dict["timestamp"] = datetime.now(UTC)
     return event_dict
+
+
+{%- if cookiecutter.use_opentelemetry %}
+
+
+def _add_trace_ids(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    # Any line written inside a span (a request, a SQL statement, ...) can be found from its
+    # trace in the tracing backend, and the other way round. Hex, as OpenTelemetry shows them.
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = trace.format_trace_id(context.trace_id)
+        event_dict["span_id"] = trace.format_span_id(context.span_id)
+    return event_dict
+{%- endif %}
 
 
 def _traceback_without_locals() -> ExceptionRenderer:
@@ -50,6 +67,9 @@ def configure_logging(log_format: Literal["json", "console"], log_level: str) ->
         ]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+{%- if cookiecutter.use_opentelemetry %}
+        _add_trace_ids,
+{%- endif %}
         structlog.stdlib.add_log_level,
         timestamper,
     ]
