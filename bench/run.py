@@ -74,8 +74,8 @@ QUICK = Mode(rounds=2, seconds=2, warmup_seconds=1, startup_runs=3, counted_requ
 class Endpoint:
     key: str
     # "service", "quiet" (the service with LOG_LEVEL=WARNING: no request log), "unmetered" (the
-    # service with METRICS_ENABLED=false), "bare", "naive", or "raw": the plain asyncio loop,
-    # not served
+    # service with METRICS_ENABLED=false), "traced" (the service baked with use_opentelemetry,
+    # exporting to a local sink), "bare", "naive", or "raw": the plain asyncio loop, not served
     app: str
     path: str
     description: str
@@ -105,6 +105,12 @@ ENDPOINTS = [
         "service without metrics (METRICS_ENABLED=false), GET /health/live",
     ),
     Endpoint(
+        "traced.live",
+        "traced",
+        "/health/live",
+        "service with tracing, exporting to a local OTLP sink, GET /health/live",
+    ),
+    Endpoint(
         "quiet.live",
         "quiet",
         "/health/live",
@@ -128,6 +134,12 @@ ENDPOINTS = [
         "unmetered",
         "/cache/bench",
         "service without metrics, GET /cache/{key} (Redis GET)",
+    ),
+    Endpoint(
+        "traced.cache",
+        "traced",
+        "/cache/bench",
+        "service with tracing, GET /cache/{key} (Redis GET)",
     ),
     Endpoint("service.notes", "service", "/notes/{note_id}", "service, GET /notes/{id} (DB read)"),
     Endpoint(
@@ -265,32 +277,37 @@ class Served:
     service_rss_mb: float
     bare_rss_mb: float
     note_id: int  # what GET /notes/{id} reads
+    spans_exported: dict[str, int]  # what the OTLP sink received from the traced service
 
 
 def serve_and_load(
     group: Processes,
     python: Path,
     project: Path,
+    traced: tuple[Path, Path],
     envs: Mapping[str, Mapping[str, str]],
     ports: Mapping[str, int],
     wrk: str,
     connections: int,
     mode: Mode,
 ) -> Served:
-    """Start the upstream and the apps under test, seed the data, run the rounds."""
-    uvicorn = python.parent / "uvicorn"
+    """Start the upstream, the OTLP sink and the apps under test, seed the data, run the
+    rounds. `traced` is the python and project of the bake with tracing."""
     urls = {app: f"http://127.0.0.1:{port}" for app, port in ports.items()}
     # The upstream is not under test: a plain ASGI app without lifespan.
     started = {}
-    for app in ("upstream", "service", "quiet", "unmetered", "bare", "naive"):
+    sink_argv: list[str | Path] = [python, APPS / "otlp_sink.py", "--port", str(ports["sink"])]
+    started["sink"] = group.start("sink", sink_argv, env={}, cwd=project)
+    for app in ("upstream", "service", "quiet", "unmetered", "traced", "bare", "naive"):
         lifespan = "off" if app == "upstream" else "on"
-        module = "service" if app in {"quiet", "unmetered"} else app
-        argv: list[str | Path] = [uvicorn, f"{module}:app", "--app-dir", APPS]
-        argv += ["--port", str(ports[app])]
+        module = "service" if app in {"quiet", "unmetered", "traced"} else app
+        app_python, app_project = traced if app == "traced" else (python, project)
+        argv: list[str | Path] = [app_python.parent / "uvicorn", f"{module}:app"]
+        argv += ["--app-dir", APPS, "--port", str(ports[app])]
         started[app] = group.start(
-            app, [*argv, "--lifespan", lifespan, *UVICORN], env=envs.get(app, {}), cwd=project
+            app, [*argv, "--lifespan", lifespan, *UVICORN], env=envs.get(app, {}), cwd=app_project
         )
-    first_paths = {"upstream": "/ping", "bare": "/health/live"}
+    first_paths = {"upstream": "/ping", "bare": "/health/live", "sink": "/count"}
     for app, process in started.items():
         wait_for_status(urls[app] + first_paths.get(app, "/health/ready"), process, timeout=30)
 
@@ -328,7 +345,10 @@ def serve_and_load(
         return result
 
     series = load_rounds(measure, mode)
+    sink = request_json("GET", urls["sink"] + "/count", None)
+    assert isinstance(sink, dict)
     return Served(
+        spans_exported=sink,
         series=series,
         service_rss_mb=peak_rss_mb(started["service"].pid),
         bare_rss_mb=peak_rss_mb(started["bare"].pid),
@@ -543,6 +563,15 @@ def evaluate(
             "Redis GET route: metrics on / off", "service.cache", "unmetered.cache", 0.95
         ),
         rps_ratio("/health/live: metrics on / off", "service.live", "unmetered.live", None),
+        rps_ratio("Redis GET route: tracing on / off", "traced.cache", "service.cache", None),
+        rps_ratio("/health/live: tracing on / off", "traced.live", "service.live", None),
+        Check(
+            "exports the traced service sent to the OTLP sink",
+            f"{served.spans_exported['exports']} ({served.spans_exported['bytes'] / 1e6:.1f} MB)",
+            "(report)",
+            "INFO" if served.spans_exported["exports"] else "MISS",
+            served.spans_exported["exports"],
+        ),
         instruction_ratio(
             "Redis GET route, by instructions per request: metrics on / off",
             "service.cache",
@@ -711,13 +740,15 @@ def main() -> None:
     config = cookiecutter_config(BUILD)
     project = bake(BUILD, config, {})
     python = install(project, BUILD / "venv")
+    traced_project = bake(BUILD / "traced", config, {"use_opentelemetry": True})
+    traced = (install(traced_project, BUILD / "venv-traced"), traced_project)
     admin_dsn = args.database_url.replace("postgresql+asyncpg://", "postgresql://")
     bench_dsn = with_database(admin_dsn, DB_NAME)
     versions = json.loads(admin(python, "versions", admin_dsn, args.redis_url))
 
     admin(python, "create-db", admin_dsn, DB_NAME)
     try:
-        apps = ("upstream", "service", "quiet", "unmetered", "bare", "naive")
+        apps = ("upstream", "sink", "service", "quiet", "unmetered", "traced", "bare", "naive")
         ports = {app: free_port() for app in apps}
         upstream = f"http://127.0.0.1:{ports['upstream']}"
         service_env = {
@@ -741,10 +772,12 @@ def main() -> None:
                 "service": service_env,
                 "quiet": service_env | {"LOG_LEVEL": "WARNING"},
                 "unmetered": service_env | {"METRICS_ENABLED": "false"},
+                "traced": service_env
+                | {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['sink']}"},
                 "naive": naive_env,
             }
             served = serve_and_load(
-                group, python, project, envs, ports, wrk, args.connections, mode
+                group, python, project, traced, envs, ports, wrk, args.connections, mode
             )
         print(f"counting instructions: {mode.counted_requests} requests per run", flush=True)
         instructions = count_per_request(
@@ -803,6 +836,7 @@ def main() -> None:
         "instructions_per_request": instructions,
         "startup": asdict(startup),
         "import_floor": asdict(floor),
+        "tracing_sink": served.spans_exported,
         "memory": {
             "service_peak_rss_mb": served.service_rss_mb,
             "bare_peak_rss_mb": served.bare_rss_mb,
