@@ -73,6 +73,9 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(
     opened = [line["resource"] for line in lines if line["event"] == "resource.opened"]
     closed = [line["resource"] for line in lines if line["event"] == "resource.closed"]
     assert (opened, closed) == (LIFESPAN_RESOURCES, LIFESPAN_RESOURCES[::-1])
+    # Only the service's own events and uvicorn's lines at INFO: no library chatter.
+    loggers = {line["logger"] for line in lines if "logger" in line}
+    assert loggers <= {"uvicorn.error"}, loggers
     requests = [line for line in lines if line["event"] == "http.request"]
     assert {"path": "/health/live", "status": 200, "request_id": "from-the-test"}.items() <= (
         requests[-1].items()

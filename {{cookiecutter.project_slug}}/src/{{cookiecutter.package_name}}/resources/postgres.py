@@ -47,6 +47,10 @@ class MeteredPool(AsyncAdaptedQueuePool):
     """SQLAlchemy's pool, timing each wait for a connection: SQLAlchemy counts the connections
     (read at scrape time) but not who waits, nor for how long."""
 
+    # SQLAlchemy names a pool's logger after its class: under our package it would log its
+    # INFO chatter ("Pool disposed", ...) at our LOG_LEVEL rather than at SQLAlchemy's WARNING.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limit = self.size() + kwargs["max_overflow"]
