@@ -16,6 +16,8 @@ POST /notes adds rows to the notes table.
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import math
 import sys
 import time
@@ -100,27 +102,29 @@ def new_client(url: str) -> httpx.AsyncClient:
 
 
 async def simulate_user(
-    url: str, deadline: float, routes: list[Route], first: int, results: dict[str, Results]
+    client: httpx.AsyncClient,
+    deadline: float,
+    routes: list[Route],
+    first: int,
+    results: dict[str, Results],
 ) -> None:
-    """Request after request, round the routes from `first`, until `deadline`. Each user has a
-    client, and so a keep-alive connection, of its own: a connection pool shared by all of them
-    would cost this process more CPU than the requests do."""
-    async with new_client(url) as client:
-        turn = first
-        while time.monotonic() < deadline:
-            route = routes[turn % len(routes)]
-            turn += 1
-            started = time.perf_counter()
-            try:
-                response = await client.request(route.method, route.path, json=route.json)
-            except httpx.HTTPError as exc:
-                results[route.name].record_error(f"{type(exc).__name__}: {exc}")
-                continue
-            if response.status_code != route.expected_status:
-                # An error, counted once, and not a latency: p50 and p99 are those of successes.
-                results[route.name].record_error(f"status {response.status_code}: {response.text}")
-                continue
-            results[route.name].latencies_ms.append((time.perf_counter() - started) * 1000)
+    """Request after request, round the routes from `first`: one whole round, so that even a
+    short run on a busy machine measures every route, then on until `deadline`."""
+    for turn in itertools.count(first):
+        if turn - first >= len(routes) and time.monotonic() >= deadline:
+            return
+        route = routes[turn % len(routes)]
+        started = time.perf_counter()
+        try:
+            response = await client.request(route.method, route.path, json=route.json)
+        except httpx.HTTPError as exc:
+            results[route.name].record_error(f"{type(exc).__name__}: {exc}")
+            continue
+        if response.status_code != route.expected_status:
+            # An error, counted once, and not a latency: p50 and p99 are those of successes.
+            results[route.name].record_error(f"status {response.status_code}: {response.text}")
+            continue
+        results[route.name].latencies_ms.append((time.perf_counter() - started) * 1000)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -164,12 +168,20 @@ async def main() -> int:
         print(f"setup: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     results = {route.name: Results() for route in routes}
-    started = time.monotonic()
-    deadline = started + arguments.duration
-    async with asyncio.TaskGroup() as users:
-        for first in range(arguments.concurrency):
-            users.create_task(simulate_user(arguments.url, deadline, routes, first, results))
-    seconds = time.monotonic() - started
+    # Each user has a client, and so a keep-alive connection, of its own (a pool shared by all
+    # of them would cost this process more CPU than the requests do), made before the clock
+    # starts: making one takes a while on a busy machine.
+    async with contextlib.AsyncExitStack() as clients:
+        users = [
+            await clients.enter_async_context(new_client(arguments.url))
+            for _ in range(arguments.concurrency)
+        ]
+        started = time.monotonic()
+        deadline = started + arguments.duration
+        async with asyncio.TaskGroup() as tasks:
+            for first, client in enumerate(users):
+                tasks.create_task(simulate_user(client, deadline, routes, first, results))
+        seconds = time.monotonic() - started
     errors = report(results, seconds)
     requests = sum(len(r.latencies_ms) + r.errors for r in results.values())
     return 1 if errors or not requests else 0
