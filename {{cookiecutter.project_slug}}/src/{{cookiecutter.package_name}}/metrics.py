@@ -126,6 +126,10 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # prometheus-client's labels() costs more than an observation: each combination's
+        # series is looked up once and kept (there are as few as the metric has series).
+        self._in_flight: dict[str, Gauge] = {}
+        self._durations: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,20 +144,27 @@ class MetricsMiddleware:
                 status_code = message["status"]
             await send(message)
 
-        active = ACTIVE_REQUESTS.labels(method)
-        active.inc()
+        in_flight = self._in_flight.get(method) or self._in_flight.setdefault(
+            method, ACTIVE_REQUESTS.labels(method)
+        )
+        in_flight.inc()
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
-            active.dec()
+            in_flight.dec()
             # None: the client went away before any answer, which no status code describes.
             if status_code is not None:
-                route: BaseRoute | None = scope.get("route")
-                template = getattr(route, "path", UNMATCHED_ROUTE)
-                REQUEST_DURATION.labels(method, template, str(status_code)).observe(
+                self._duration(method, scope.get("route"), status_code).observe(
                     time.perf_counter() - started
                 )
+
+    def _duration(self, method: str, route: BaseRoute | None, status_code: int) -> Histogram:
+        key = (method, getattr(route, "path", UNMATCHED_ROUTE), status_code)
+        series = self._durations.get(key)
+        if series is None:
+            series = self._durations[key] = REQUEST_DURATION.labels(*key[:2], str(status_code))
+        return series
 
 
 class PoolGauge(NamedTuple):
