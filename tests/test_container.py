@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -328,31 +327,20 @@ def build_and_rebuild(engine: DockerEngine, project: Path, case: Case, tag: str)
     )
 
 
-class _CountExports(BaseHTTPRequestHandler):
+class CountingCollector(BaseHTTPRequestHandler):
+    """A stand-in collector on the host: accepts OTLP/HTTP exports and counts them."""
+
+    exports = 0
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.exports += 1  # type: ignore[attr-defined]
+        type(self).exports += 1
         self.send_response(200)  # an empty ExportTraceServiceResponse: all accepted
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
-
-
-@contextlib.contextmanager
-def trace_sink() -> Iterator[ThreadingHTTPServer]:
-    """A stand-in collector on the host: counts the OTLP/HTTP exports that reach it (`exports`)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountExports)
-    server.exports = 0  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def server_env(engine: DockerEngine, tag: str, pod: Pod, case: Case, stack: contextlib.ExitStack) -> dict[str, str]:
@@ -410,9 +398,9 @@ def test_image_builds_and_runs_as_the_manifest_asks(
         env = server_env(docker_engine, tag, pod, case, stack)
         # With tracing, a collector to export to: without one, closing the tracer provider waits
         # out SHUTDOWN_TIMEOUT on its retries and fails, as the generated README says.
-        sink = stack.enter_context(trace_sink()) if "opentelemetry" in case.enabled else None
-        if sink is not None:
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.server_address[1]}"
+        collector = type("Collector", (CountingCollector,), {})  # a count of this test's own
+        if "opentelemetry" in case.enabled:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack.enter_context(project_servers.http_server(collector))
         # As the manifest runs it (one worker), then scaled up inside the pod (README: Scaling out).
         for workers in WORKER_COUNTS:
             events = serve_until_stopped(docker_engine, tag, pod, env | {"WORKERS": str(workers)})
@@ -421,6 +409,6 @@ def test_image_builds_and_runs_as_the_manifest_asks(
             expected = dict.fromkeys((LOGGED_AS.get(flag, flag) for flag in case.enabled), workers)
             assert closed == expected, f"WORKERS={workers}"
             assert [event["event"] for event in events].count("lifespan.stopped") == workers
-        if sink is not None:
+        if "opentelemetry" in case.enabled:
             # The probes' spans, sent at the latest when the tracer provider closed.
-            assert sink.exports > 0  # type: ignore[attr-defined]
+            assert collector.exports > 0
