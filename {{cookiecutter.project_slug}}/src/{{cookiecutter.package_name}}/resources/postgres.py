@@ -54,19 +54,22 @@ class MeteredPool(AsyncAdaptedQueuePool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limit = self.size() + kwargs["max_overflow"]
+        # Looked up once: labels() costs more than the observations on every checkout.
+        self._pending = DB_POOL_PENDING.labels(POOL_NAME)
+        self._timeouts = DB_POOL_TIMEOUTS.labels(POOL_NAME)
+        self._wait = DB_POOL_WAIT.labels(POOL_NAME)
 
     def connect(self) -> PoolProxiedConnection:
-        pending = DB_POOL_PENDING.labels(POOL_NAME)
-        pending.inc()
+        self._pending.inc()
         started = time.perf_counter()
         try:
             return super().connect()
         except PoolTimeoutError:
-            DB_POOL_TIMEOUTS.labels(POOL_NAME).inc()
+            self._timeouts.inc()
             raise
         finally:
-            pending.dec()
-            DB_POOL_WAIT.labels(POOL_NAME).observe(time.perf_counter() - started)
+            self._pending.dec()
+            self._wait.observe(time.perf_counter() - started)
 
 
 def is_outage(exc: BaseException) -> bool:
