@@ -113,6 +113,9 @@ class Settings(BaseSettings):
 {%- if cookiecutter.use_redis %}
 
     redis_url: RedisUrl
+    # Every key the service writes starts with it, so that services (and test runs) sharing
+    # one Redis database never read or delete each other's keys.
+    redis_key_prefix: str = {{ (cookiecutter.project_slug ~ ":") | tojson }}
     redis_max_connections: int = Field(default=50, ge=1)
     # Opening a connection, and each command (a command is never retried after a timeout).
     redis_connect_timeout: Seconds = 1.0
