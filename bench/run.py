@@ -5,7 +5,7 @@ connection pattern and a plain asyncio loop; time its startup, its shutdown and 
     python bench/run.py --quick            # a ~6 minute smoke run: `make bench BENCH_ARGS=--quick`
     python bench/run.py --template-suite   # also time the template's `make test`
 
-Bakes the all-on service into build/bench, installs it in its own venv with uv, migrates a
+Bakes the all-on service into build/bench, installs its uv.lock in its own venv, migrates a
 benchmark database, starts a local upstream and every app under test with the same uvicorn
 settings, then runs wrk against them in alternating rounds and reports medians and ratios, and
 counts the instructions a request costs with callgrind (bench/instructions.py).
@@ -198,13 +198,12 @@ def bake(output_dir: Path, config: Path, context: Mapping[str, object]) -> Path:
 
 
 def install(project: Path, venv: Path) -> Path:
-    """A fresh venv with the baked service installed as pip and the Dockerfile install it (not
-    editable, bytecode compiled); its python."""
-    uv = find_uv_bin()
-    run([uv, "venv", "--quiet", "--python", sys.executable, venv])
-    python = venv / "bin" / "python"
-    run([uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", python, project])
-    return python
+    """A fresh venv with the baked service installed as the Dockerfile installs it: the versions
+    its uv.lock pins, without the dev tools, not editable, bytecode compiled; its python."""
+    shutil.rmtree(venv, ignore_errors=True)
+    sync = ["sync", "--locked", "--quiet", "--no-dev", "--no-editable", "--compile-bytecode"]
+    run([find_uv_bin(), *sync, "--python", sys.executable], cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(venv)})
+    return venv / "bin" / "python"
 
 
 def with_database(dsn: str, name: str) -> str:
