@@ -142,6 +142,12 @@ def silent_server() -> Iterator[int]:
         yield port
 
 
+# What ends a proxied connection before it reaches the server: the server is unreachable, or the
+# proxy closes. (A name, not a tuple in the except clause: ruff formats that differently for
+# Python 3.14, which drops the parentheses, than for the older targets.)
+CONNECTION_ENDED = (OSError, asyncio.CancelledError)
+
+
 class TcpProxy:
     """A TCP proxy in front of a real server that can go silent, as a network partition, a
     frozen VM or a dropped conntrack entry do: it stops forwarding bytes either way but closes
@@ -188,7 +194,7 @@ class TcpProxy:
         try:
             await self._flowing.wait()
             server_in, server_out = await asyncio.open_connection(*self._target)
-        except (OSError, asyncio.CancelledError):  # unreachable, or the proxy closes
+        except CONNECTION_ENDED:
             client_out.close()
             return
         await asyncio.gather(self._pipe(client_in, server_out), self._pipe(server_in, client_out))
