@@ -191,7 +191,7 @@ def check(baker: Baker, locks: Mapping[Variant, str]) -> None:
             sys.exit(f"the hook's uv.lock for {variant.id} differs from the one uv wrote: see {baker.folder}")
 
 
-def newest_python(uv: str) -> str:
+def newest_python() -> str:
     """`uv lock` needs an interpreter within requires-python: the newest choice is within all."""
     version = variants()[-1].python_version
     completed = subprocess.run(
@@ -209,7 +209,7 @@ def main() -> None:
 
     uv = find_uv_bin()
     uv_version = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
-    python = newest_python(uv)
+    python = newest_python()
     started = time.monotonic()
     # Kept after the run (build/ is ignored by git), to look into should the check fail.
     shutil.rmtree(WORK_DIR, ignore_errors=True)

@@ -74,7 +74,9 @@ def test_project_pins_the_uv_that_wrote_its_lock(baker: Baker, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("python_version", "flags"), VARIANTS, ids=[variant_id(*variant) for variant in VARIANTS]
 )
-def test_baked_lock_matches_pyproject(python_version: str, flags: dict[str, bool], baker: Baker, tmp_path: Path) -> None:
+def test_baked_lock_matches_pyproject(
+    python_version: str, flags: dict[str, bool], baker: Baker, tmp_path: Path
+) -> None:
     project = baker.bake(tmp_path / "out", {"python_version": python_version, **flags})
     lock = (project / "uv.lock").read_text()
     # `uv lock` needs an interpreter within requires-python; the newest choice is within every one.
