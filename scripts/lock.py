@@ -6,8 +6,8 @@ no uv, so this script locks every variant here and writes the parts of all those
 `{{cookiecutter.project_slug}}/uv.lock.variants`: each distinct part once, with the variants
 whose lock has it. The post-generation hook joins its variant's parts into uv.lock.
 
-    python scripts/lock.py             # keep the locked versions; lock what pyproject.toml adds
-    python scripts/lock.py --upgrade   # every dependency at its newest allowed version
+    make lock             # .venv/bin/python scripts/lock.py: keep the locked versions, lock what is new
+    make lock UPGRADE=1   # scripts/lock.py --upgrade: every dependency at its newest allowed version
 
 The all-on variant of the lowest python_version is locked first; every other variant starts from
 a copy of that lock (uv keeps its versions wherever they still fit), so all variants pin the same
