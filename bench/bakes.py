@@ -3,6 +3,7 @@ and the Redis keys it uses, and timing the bakes themselves."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,13 +63,16 @@ def bake(output_dir: Path, config: Path, context: Mapping[str, object]) -> Path:
 
 
 def install(project: Path, venv: Path) -> Path:
-    """A fresh venv with the baked service installed as pip and the Dockerfile install it (not
-    editable, bytecode compiled); its python."""
-    uv = find_uv_bin()
-    run([uv, "venv", "--quiet", "--python", sys.executable, venv])
-    python = venv / "bin" / "python"
-    run([uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", python, project])
-    return python
+    """A fresh venv with the baked service installed as the Dockerfile installs it: the versions
+    its uv.lock pins, without the dev tools, not editable, bytecode compiled; its python."""
+    shutil.rmtree(venv, ignore_errors=True)
+    sync = ["sync", "--locked", "--quiet", "--no-dev", "--no-editable", "--compile-bytecode"]
+    run(
+        [find_uv_bin(), *sync, "--python", sys.executable],
+        cwd=project,
+        env={"UV_PROJECT_ENVIRONMENT": str(venv)},
+    )
+    return venv / "bin" / "python"
 
 
 def with_database(dsn: str, name: str) -> str:

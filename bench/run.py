@@ -6,7 +6,7 @@ the template.
     python bench/run.py --quick            # a ~8 minute smoke run: `make bench BENCH_ARGS=--quick`
     python bench/run.py --template-suite   # also time the template's `make test`
 
-Bakes the all-on service into build/bench and installs it in its own venv with uv (bakes.py),
+Bakes the all-on service into build/bench and installs its uv.lock in its own venv (bakes.py),
 migrates a benchmark database, starts a local upstream and every app under test with the same
 uvicorn settings (serve.py), runs wrk against them in alternating rounds (rounds.py, the rows in
 endpoints.py), times start and stop (lifecycle.py), counts the instructions a request costs

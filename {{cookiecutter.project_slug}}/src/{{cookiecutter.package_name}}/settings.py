@@ -1,6 +1,7 @@
 """Settings, read once from the environment (and `.env`) and validated before anything opens."""
+{%- set typing_names = ["Annotated", "Literal"] + (["Self"] if cookiecutter.use_postgres else []) %}
 
-from typing import Annotated, Literal
+from typing import {{ typing_names | join(", ") }}
 {%- if cookiecutter.use_redis %}
 from urllib.parse import urlsplit
 {%- endif %}
@@ -134,7 +135,7 @@ class Settings(BaseSettings):
 {%- if cookiecutter.use_postgres %}
 
     @model_validator(mode="after")
-    def _pools_fit_the_connection_budget(self) -> "Settings":
+    def _pools_fit_the_connection_budget(self) -> Self:
         connections = self.workers * (self.db_pool_size + self.db_max_overflow)
         if connections > self.db_connection_budget:
             raise ValueError(
