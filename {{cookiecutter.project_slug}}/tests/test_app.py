@@ -1,5 +1,6 @@
 """The app as a client sees it: health probes, request ids, and an app that opens nothing."""
 
+import gc
 from collections.abc import Callable
 
 import pytest
@@ -51,6 +52,14 @@ def test_the_probes_are_the_first_routes_and_behind_no_router(settings: Settings
     ]
     openapi = create_app(settings).openapi()
     assert openapi["paths"]["/health/live"]["get"]["tags"] == ["health"]
+
+
+async def test_startup_objects_are_frozen_while_the_app_runs(settings: Settings) -> None:
+    assert gc.get_freeze_count() == 0
+    async with serve(create_app(settings)):
+        # The imports, the app and its resources: out of every full collection's way.
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
 
 
 def test_creating_an_app_opens_nothing(

@@ -5,10 +5,11 @@
 {% if any_resource -%}
 import asyncio
 {% endif -%}
+import gc
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
 from functools import partial
 {%- endif %}
@@ -89,6 +90,25 @@ class State(TypedDict):
 {%- if cookiecutter.use_opentelemetry %}
     tracer_provider: TracerProvider
 {%- endif %}
+
+
+@contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """Move every object alive now (the imports, the app, the open resources: all of them live
+    as long as the process) out of the garbage collector's way until the lifespan ends.
+
+    Objects that requests create while they wait for a round trip outlive the young collections
+    and reach the oldest generation, which Python then collects often; each full collection
+    walked these ~100k startup objects too, pausing every request in flight for tens of
+    milliseconds: the p99 of a Redis GET under load was 18 times its median. Frozen, they are
+    skipped, and a full collection takes well under a millisecond (see the benchmark's tails).
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        # A process that runs more lifespans (the tests) gets its objects collectable again.
+        gc.unfreeze()
 
 
 @asynccontextmanager
@@ -173,6 +193,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_opentelemetry and cookiecutter.use_http_client %}
         trace_http_client(state["http_client"], tracer_provider)
 {%- endif %}
+        stack.enter_context(startup_objects_frozen())
         log.info("lifespan.started", duration_ms=elapsed_ms(started), pid=os.getpid())
         yield state
         log.info("lifespan.stopping")
