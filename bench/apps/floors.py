@@ -9,12 +9,15 @@ middleware, whose routes make one library call each and answer an empty 200.
                          GET /upstream/{path} does
 
 bench/run.py also serves it under load: the libraries' own latency at the same concurrency, the
-floor under the service's routes.
+floor under the service's routes. The service's lifespan freezes its startup objects (out of the
+garbage collector's way); this app undoes that, to run the libraries as anyone would.
 """
 
-from functools import partial
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from my_service.lifespan import lifespan
+from my_service.lifespan import State, lifespan
 from my_service.models import Note
 from my_service.settings import load_settings
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +49,13 @@ async def orm_read(request: Request) -> Response:
     return Response()
 
 
+@asynccontextmanager
+async def libraries_lifespan(app: Starlette) -> AsyncIterator[State]:
+    async with lifespan(app, settings=load_settings()) as state:
+        gc.unfreeze()
+        yield state
+
+
 app = Starlette(
     routes=[
         Route("/nothing", nothing),
@@ -53,5 +63,5 @@ app = Starlette(
         Route("/orm/{note_id:int}", orm_read),
         Route("/http", http_get),
     ],
-    lifespan=partial(lifespan, settings=load_settings()),
+    lifespan=libraries_lifespan,
 )
