@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import browser
+import container_engine
 from conftest import Baker, ProjectVenv, project_servers
 
 # A name, as a deployment has, rather than localhost or 127.0.0.1: Swagger UI behaves differently
@@ -30,7 +31,7 @@ SERVICE_HOST = "service.test"
 # The operations of the examples, which must be among those rendered.
 EXAMPLE_OPERATIONS = {("POST", "/notes"), ("PUT", "/cache/{key}"), ("GET", "/upstream/{path}")}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Everything, from starting Chromium to the last operation rendered (about 3 s on a busy machine).
+# From starting Chromium to the last operation rendered: 2.5 s here, 4 s on busy cores.
 BROWSER_SECONDS = 30
 
 # Resolves, once Swagger UI has rendered at least `expected` operations, with each one's method
@@ -92,7 +93,10 @@ def test_docs_render_in_a_browser_that_reaches_only_the_service(
     baker: Baker, tmp_path: Path, scram_postgres_url: str
 ) -> None:
     if browser.chromium_path() is None:
-        project_servers.cannot_start("chromium is not installed (Debian: apt-get install chromium)")
+        missing = "chromium is not installed (Debian: apt-get install chromium)"
+        if container_engine.in_ci():
+            pytest.fail(f"{missing}; CI is set: this test must run", pytrace=False)
+        pytest.skip(missing)
     project = baker.bake(tmp_path / "out", {})
     venv = ProjectVenv(tmp_path / "venv")
     installed = venv.create(project)
