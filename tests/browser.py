@@ -50,15 +50,8 @@ def chromium_path() -> str | None:
     return shutil.which("chromium")
 
 
-def chromium_version() -> str:
-    path = chromium_path()
-    assert path is not None
-    return subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-
-
 @dataclass
 class Browser:
-    process: subprocess.Popen[bytes]
     commands: int  # our end of the pipe Chromium reads
     replies: int  # our end of the pipe Chromium writes
     allowed_host: str  # host:port
@@ -180,7 +173,7 @@ def chromium(profile: Path, log: Path, *, host: str, port: int) -> Iterator[Brow
         )
     os.close(commands_read)
     os.close(replies_write)
-    browser = Browser(process, commands_write, replies_read, f"{host}:{port}", log)
+    browser = Browser(commands_write, replies_read, f"{host}:{port}", log)
     try:
         yield browser
     finally:
