@@ -245,6 +245,12 @@ BLOCKING_ALLOWED_IN: list[tuple[str, set[str]]] = [
     ("structlog/dev.py", {"__call__"}),
     # FastAPI looks an endpoint's source file up once, to name it in error messages.
     ("fastapi/routing.py", {"_extract_endpoint_context"}),
+    # Creating an app checks once that the folder of Swagger UI's files (api/docs.py) exists; the
+    # tests create their apps inside the event loop.
+    ("starlette/staticfiles.py", {"get_directories"}),
+    # The first file served looks its media type up in the system's tables (/etc/mime.types),
+    # which Python reads once per process.
+    ("mimetypes.py", {"init"}),
 {%- if cookiecutter.use_opentelemetry %}
     # Creating an app detects its tracing resource attributes in a thread pool and waits for it:
     # once per process, before it serves (the tests create their apps inside the event loop).

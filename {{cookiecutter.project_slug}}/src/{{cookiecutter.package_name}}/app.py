@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 {%- set routers = (["cache"] if cookiecutter.use_redis else [])
-    + ["health", "metrics"]
+    + ["docs", "health", "metrics"]
     + (["notes"] if cookiecutter.use_postgres else [])
     + (["upstream"] if cookiecutter.use_http_client else []) %}
 
@@ -45,6 +45,10 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title={{ cookiecutter.project_name | tojson }},
         description={{ cookiecutter.description | tojson }},
+        # FastAPI's own /docs and /redoc load their files from CDNs; add_docs serves /docs below.
+        openapi_url=docs.OPENAPI_PATH if settings.docs_enabled else None,
+        docs_url=None,
+        redoc_url=None,
 {%- if cookiecutter.use_opentelemetry %}
         lifespan=partial(lifespan, settings=settings, tracer_provider=tracer_provider),
 {%- else %}
@@ -84,6 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
         # The last router: each is a routing layer of its own, which every request to a route
         # after it pays for; a scrape every few seconds can pay that instead.
         app.include_router(metrics.router)
+    if settings.docs_enabled:
+        # Last of all: a person opening the docs now and then can pay for the routes before.
+        docs.add_docs(app)
 {%- if cookiecutter.use_opentelemetry %}
     trace_requests(app, tracer_provider)
 {%- endif %}

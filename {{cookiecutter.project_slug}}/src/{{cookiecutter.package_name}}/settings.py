@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # With WORKERS > 1, how often each worker writes its pools' figures for a scrape to sum;
     # with one worker they are read at scrape time.
     metrics_sample_seconds: Seconds = 1.0
+    # GET /docs (Swagger UI, its files served by the service) and GET /openapi.json.
+    docs_enabled: bool = True
     # Larger request bodies get a 413 before they are read: an unread body costs no memory,
     # while a JSON body takes several times its size once decoded. 1 MiB (nginx's default
     # client_max_body_size) is far above what the example routes accept.
