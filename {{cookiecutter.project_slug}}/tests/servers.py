@@ -235,6 +235,7 @@ class MisbehavingUpstream:
     (closed by the client). A thread per connection; `close` ends them all.
 
         /ok               200 with a 2-byte body; the connection stays open for the next request
+        /large/N          200 with an N-byte body, sent at once
         /hang             reads the request, never answers
         /deaf             reads the request's head, never its body, never answers
         /cut              promises a 100-byte body, sends 10 bytes and closes the connection
@@ -312,6 +313,11 @@ class MisbehavingUpstream:
         step = path.strip("/").split("/")
         if step[0] == "ok":
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return True
+        if step[0] == "large":
+            size = int(step[1])
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode()
+            connection.sendall(head + bytes(range(256)) * (size // 256))
             return True
         if step[0] == "hang":
             reader.read()  # until the client gives up and closes

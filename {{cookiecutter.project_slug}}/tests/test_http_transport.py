@@ -129,6 +129,17 @@ async def test_no_answer_is_a_read_timeout(
     assert TIMEOUT <= seconds < TIMEOUT + SLACK
 
 
+async def test_a_large_body_arrives_whole(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    # Many times what a connection holds in memory before it stops reading from the socket.
+    size = 4 * 1024 * 1024
+    async with open_client(upstream.url) as client:
+        response = await client.get(f"/large/{size}")
+
+    assert response.content == bytes(range(256)) * (size // 256)
+
+
 async def test_the_read_timeout_bounds_each_read_not_the_whole_body(
     open_client: OpenClient, upstream: MisbehavingUpstream
 ) -> None:
