@@ -76,9 +76,11 @@ RESOURCES: dict[str, Resource] = {
         flag="use_http_client",
         files=(
             "src/{package}/resources/http_client.py",
+            "src/{package}/resources/http_transport.py",
             "src/{package}/api/upstream.py",
             "tests/test_http_client.py",
             "tests/test_http_client_silent.py",
+            "tests/test_http_transport.py",
         ),
         dependencies=("httpx",),
         modules=("httpx",),

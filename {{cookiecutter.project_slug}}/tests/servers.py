@@ -9,18 +9,22 @@ syntax in this file: the template's own tests load it as it is.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -132,6 +136,63 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         thread.join()
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """A certificate authority of the test's own, and a server certificate for 127.0.0.1."""
+
+    authority: Path
+    certificate: Path
+    key: Path
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """Made with the openssl command line program, as a CA and a server certificate that
+    Python's strict verification (3.13's VERIFY_X509_STRICT) accepts."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        cannot_start("openssl is not installed: cannot make a TLS certificate")
+    ec_key = ["-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    authority, authority_key = directory / "ca.pem", directory / "ca.key"
+    certificate, key = directory / "server.pem", directory / "server.key"
+    request, extensions = directory / "server.csr", directory / "server.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+        "subjectKeyIdentifier=hash\n"
+    )
+    make_authority = [openssl, "req", "-x509", "-new", *ec_key, "-keyout", authority_key]
+    make_authority += ["-out", authority, "-days", "1", "-subj", "/CN=test CA"]
+    make_authority += ["-addext", "basicConstraints=critical,CA:TRUE"]
+    make_authority += ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    make_request = [openssl, "req", "-new", *ec_key, "-keyout", key, "-out", request]
+    make_request += ["-subj", "/CN=127.0.0.1"]
+    sign = [openssl, "x509", "-req", "-in", request, "-CA", authority, "-CAkey", authority_key]
+    sign += ["-CAcreateserial", "-out", certificate, "-days", "1", "-extfile", extensions]
+    for command in (make_authority, make_request, sign):
+        subprocess.run([str(part) for part in command], check=True, capture_output=True)
+    return Certificates(authority, certificate, key)
+
+
+@contextmanager
+def https_upstream(certificates: Certificates) -> Iterator[str]:
+    """The echoing upstream, over TLS with `certificates`; yields its https URL."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.certificate, certificates.key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 @contextmanager
 def silent_server() -> Iterator[int]:
     """A port that accepts connections and never answers: a hung dependency."""
@@ -140,6 +201,177 @@ def silent_server() -> Iterator[int]:
         sock.listen(16)
         port: int = sock.getsockname()[1]
         yield port
+
+
+@contextmanager
+def unaccepting_server() -> Iterator[int]:
+    """A port that takes no new connection: its listen backlog is full and nothing accepts, so
+    the kernel drops further connection attempts, as a host behind a firewall that drops
+    packets does, and a client's connect waits until its own timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            # Connect until an attempt is left waiting: then the accept queue is full.
+            while len(fillers) < 64:
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                _, writable, _ = select.select([], [filler], [], 0.5)
+                if not writable:
+                    break
+            else:
+                pytest.fail("the listen backlog never filled up")
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+class MisbehavingUpstream:
+    """An HTTP/1.1 upstream on plain sockets that misbehaves as each request's path asks, for
+    the HTTP client's failure tests. It counts the connections it accepted and those still open
+    (closed by the client). A thread per connection; `close` ends them all.
+
+        /ok               200 with a 2-byte body; the connection stays open for the next request
+        /large/N          200 with an N-byte body, sent at once
+        /hang             reads the request, never answers
+        /deaf             reads the request's head, never its body, never answers
+        /cut              promises a 100-byte body, sends 10 bytes and closes the connection
+        /trickle/N/MS     200 with an N-byte body, one byte every MS milliseconds
+        /stream           a chunked body: the first chunk at once, the last after `release()`
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        # A small receive buffer (the connections inherit it): a request body it never reads
+        # fills it, and the client's send buffer behind it, after a few megabytes.
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._closing = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def release(self) -> None:
+        """Let every /stream response send its last chunk."""
+        self._released.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                self.accepted += 1
+                self._open.add(connection)
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        reader = connection.makefile("rb")
+        try:
+            while (path := self._read_head(reader)) is not None and self._answer(
+                connection, reader, path
+            ):
+                pass
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(connection)
+            reader.close()
+            connection.close()
+
+    @staticmethod
+    def _read_head(reader: Any) -> str | None:
+        """The path of the next request, its head read; None once the client has closed."""
+        request_line = reader.readline()
+        if not request_line:
+            return None
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        path: str = request_line.split()[1].decode()
+        return path
+
+    def _answer(self, connection: socket.socket, reader: Any, path: str) -> bool:
+        """Answer as `path` asks; whether the connection may take another request."""
+        step = path.strip("/").split("/")
+        if step[0] == "ok":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return True
+        if step[0] == "large":
+            size = int(step[1])
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode()
+            connection.sendall(head + bytes(range(256)) * (size // 256))
+            return True
+        if step[0] == "hang":
+            reader.read()  # until the client gives up and closes
+            return False
+        if step[0] == "deaf":
+            self._closing.wait()
+            return False
+        if step[0] == "cut":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+            return False
+        if step[0] == "trickle":
+            size, gap = int(step[1]), int(step[2]) / 1000
+            connection.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+            for _ in range(size):
+                if self._closing.wait(gap):  # the pace is the behaviour under test
+                    return False
+                connection.sendall(b"x")
+            return True
+        if step[0] == "stream":
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            connection.sendall(head + b"5\r\nfirst\r\n")
+            if not self._released.wait(timeout=10):
+                return False
+            connection.sendall(b"4\r\nlast\r\n0\r\n\r\n")
+            return True
+        connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    def close(self) -> None:
+        self._closing.set()
+        self._released.set()
+        # shutdown() wakes the threads blocked in accept() and recv(); close() alone would not.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            for connection in self._open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+        acceptor, *_ = self._threads
+        acceptor.join(timeout=10)  # then no thread is added any more
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+@contextmanager
+def misbehaving_upstream() -> Iterator[MisbehavingUpstream]:
+    upstream = MisbehavingUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.close()
 
 
 # What ends a proxied connection before it reaches the server: the server is unreachable, or the

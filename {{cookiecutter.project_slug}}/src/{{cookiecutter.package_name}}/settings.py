@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     http_client_connect_timeout: Seconds = 2.0
     http_client_max_connections: int = Field(default=100, ge=1)
     http_client_max_keepalive_connections: int = Field(default=20, ge=0)
+    # Seconds an idle connection is kept for reuse: below the 5 s after which uvicorn and
+    # Node.js close one, so that a call does not take a connection the upstream is closing.
+    http_client_keepalive_expiry: Seconds = 4.0
     # How long a call waits for a free connection when all are busy, before it gets a 503.
     http_client_pool_timeout: Seconds = 1.0
 {%- endif %}

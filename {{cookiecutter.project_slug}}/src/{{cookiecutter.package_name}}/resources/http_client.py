@@ -8,6 +8,7 @@ import structlog
 
 from {{ cookiecutter.package_name }}.metrics import ConnectionCounts
 from {{ cookiecutter.package_name }}.middleware import REQUEST_ID_HEADER
+from {{ cookiecutter.package_name }}.resources.http_transport import AsyncioTransport
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -47,9 +48,12 @@ async def open_http_client(settings: Settings, deadline: float) -> AsyncIterator
             connect=settings.http_client_connect_timeout,
             pool=settings.http_client_pool_timeout,
         ),
-        limits=httpx.Limits(
-            max_connections=settings.http_client_max_connections,
-            max_keepalive_connections=settings.http_client_max_keepalive_connections,
+        transport=AsyncioTransport(
+            httpx.Limits(
+                max_connections=settings.http_client_max_connections,
+                max_keepalive_connections=settings.http_client_max_keepalive_connections,
+                keepalive_expiry=settings.http_client_keepalive_expiry,
+            )
         ),
         event_hooks={"request": [_send_request_id]},
     )

@@ -1,0 +1,306 @@
+"""The shared HTTP client's transport keeps httpx's own semantics: against a real local upstream
+that misbehaves in one way, each test runs the service's client and a plain httpx.AsyncClient
+(httpx's own transport) with the same timeouts and limits, and asserts the same outcome of
+both, the same exception type for a failure. Then every caller's `except httpx.ReadTimeout`
+(and the /upstream route's 502/503/504) holds whatever the transport underneath."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from {{ cookiecutter.package_name }}.resources.http_client import open_http_client
+from {{ cookiecutter.package_name }}.settings import Settings
+from tests.servers import (
+    Certificates,
+    MisbehavingUpstream,
+    async_wait_until,
+    free_port,
+    https_upstream,
+    make_certificates,
+    misbehaving_upstream,
+    silent_server,
+    unaccepting_server,
+)
+
+TIMEOUT = 0.5
+SLACK = 1.0  # scheduling, and copying a large request body, on a loaded CI machine
+
+OpenClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def https_url(certificates: Certificates) -> Iterator[str]:
+    with https_upstream(certificates) as url:
+        yield url
+
+
+@pytest.fixture
+def upstream() -> Iterator[MisbehavingUpstream]:
+    with misbehaving_upstream() as upstream:
+        yield upstream
+
+
+# httpx's own transport is the reference: each test runs with both clients.
+@pytest.fixture(params=["service", "httpx"])
+def open_client(
+    make_settings: Callable[..., Settings], request: pytest.FixtureRequest
+) -> OpenClient:
+    """Open the service's client, or httpx's with the same settings, calling `base_url`."""
+    kind: str = request.param
+
+    @asynccontextmanager
+    async def open_(base_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        settings = make_settings(http_client_base_url=base_url, **overrides)
+        if kind == "service":
+            deadline = asyncio.get_running_loop().time() + 5
+            async with open_http_client(settings, deadline) as client:
+                yield client
+            return
+        async with httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(
+                settings.http_client_timeout,
+                connect=settings.http_client_connect_timeout,
+                pool=settings.http_client_pool_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.http_client_max_connections,
+                max_keepalive_connections=settings.http_client_max_keepalive_connections,
+                keepalive_expiry=settings.http_client_keepalive_expiry,
+            ),
+        ) as client:
+            yield client
+
+    return open_
+
+
+def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """`condition` for `async_wait_until`."""
+
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
+async def failure(call: Awaitable[httpx.Response]) -> tuple[type[BaseException], float]:
+    """The exception `call` raised, and the seconds it took to."""
+    started = time.monotonic()
+    with pytest.raises(httpx.HTTPError) as raised:
+        await call
+    return raised.type, time.monotonic() - started
+
+
+async def test_a_refused_connection_is_a_connect_error(open_client: OpenClient) -> None:
+    async with open_client(f"http://127.0.0.1:{free_port()}") as client:
+        raised, _ = await failure(client.get("/"))
+
+    assert raised is httpx.ConnectError
+
+
+async def test_a_connection_never_accepted_is_a_connect_timeout(open_client: OpenClient) -> None:
+    with unaccepting_server() as port:
+        async with open_client(
+            f"http://127.0.0.1:{port}", http_client_connect_timeout=TIMEOUT
+        ) as client:
+            raised, seconds = await failure(client.get("/"))
+
+    assert raised is httpx.ConnectTimeout
+    assert TIMEOUT <= seconds < TIMEOUT + SLACK
+
+
+async def test_no_answer_is_a_read_timeout(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url, http_client_timeout=TIMEOUT) as client:
+        raised, seconds = await failure(client.get("/hang"))
+
+    assert raised is httpx.ReadTimeout
+    assert TIMEOUT <= seconds < TIMEOUT + SLACK
+
+
+async def test_a_large_body_arrives_whole(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    # Many times what a connection holds in memory before it stops reading from the socket.
+    size = 4 * 1024 * 1024
+    async with open_client(upstream.url) as client:
+        response = await client.get(f"/large/{size}")
+
+    assert response.content == bytes(range(256)) * (size // 256)
+
+
+async def test_the_read_timeout_bounds_each_read_not_the_whole_body(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    # Five bytes 0.2 s apart: a second in all, twice the timeout, and never a silent 0.5 s.
+    async with open_client(upstream.url, http_client_timeout=TIMEOUT) as client:
+        started = time.monotonic()
+        response = await client.get("/trickle/5/200")
+        seconds = time.monotonic() - started
+
+    assert (response.status_code, response.content) == (200, b"xxxxx")
+    assert seconds > 2 * TIMEOUT
+
+
+async def test_a_pause_in_the_body_longer_than_the_read_timeout_is_a_read_timeout(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url, http_client_timeout=TIMEOUT) as client:
+        raised, seconds = await failure(client.get("/trickle/3/1500"))
+
+    assert raised is httpx.ReadTimeout
+    assert TIMEOUT <= seconds < TIMEOUT + SLACK
+
+
+async def test_a_body_cut_short_is_a_remote_protocol_error(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url) as client:
+        raised, _ = await failure(client.get("/cut"))
+
+    assert raised is httpx.RemoteProtocolError
+
+
+async def test_a_body_the_upstream_never_reads_is_a_write_timeout(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    # More than the socket buffers on both sides take in.
+    body = b"x" * 16 * 1024 * 1024
+    async with open_client(upstream.url, http_client_timeout=TIMEOUT) as client:
+        raised, seconds = await failure(client.post("/deaf", content=body))
+
+    assert raised is httpx.WriteTimeout
+    assert TIMEOUT <= seconds < TIMEOUT + SLACK
+
+
+async def test_a_call_finding_every_connection_busy_is_a_pool_timeout(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(
+        upstream.url,
+        http_client_max_connections=1,
+        http_client_pool_timeout=TIMEOUT,
+        http_client_timeout=10,
+    ) as client:
+        holding = asyncio.create_task(client.get("/hang"))
+        await async_wait_until(
+            holds(lambda: upstream.open_connections == 1), within=5, message="no connection"
+        )
+        raised, seconds = await failure(client.get("/ok"))
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+
+    assert raised is httpx.PoolTimeout
+    assert TIMEOUT <= seconds < TIMEOUT + SLACK
+
+
+async def test_no_more_connections_than_the_limit_and_they_are_reused(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    limit, calls = 2, 6
+    async with open_client(
+        upstream.url, http_client_max_connections=limit, http_client_pool_timeout=10
+    ) as client:
+        responses = [asyncio.create_task(client.get("/stream")) for _ in range(calls)]
+        # Every call is waiting: those with a connection for the upstream, the others for one.
+        await async_wait_until(
+            holds(lambda: upstream.open_connections == limit), within=5, message="no calls"
+        )
+        upstream.release()
+        bodies = [(await response).content for response in responses]
+
+    # Each connection counted as the upstream accepted it: none beyond the two, ever.
+    assert bodies == [b"firstlast"] * calls
+    assert upstream.accepted == limit
+
+
+async def test_idle_connections_beyond_the_keepalive_limit_are_closed(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(
+        upstream.url, http_client_max_connections=4, http_client_max_keepalive_connections=1
+    ) as client:
+        responses = await asyncio.gather(*(client.get("/trickle/1/100") for _ in range(4)))
+        opened = upstream.accepted
+        await async_wait_until(
+            holds(lambda: upstream.open_connections == 1),
+            within=5,
+            message="the idle connections beyond the keep-alive limit stayed open",
+        )
+
+    assert [response.status_code for response in responses] == [200] * 4
+    assert opened == 4
+
+
+async def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    expiry = 0.3
+    async with open_client(upstream.url, http_client_keepalive_expiry=expiry) as client:
+        await client.get("/ok")
+        await client.get("/ok")
+        reused = upstream.accepted
+        await asyncio.sleep(2 * expiry)  # the idle time is what is under test
+        await client.get("/ok")
+
+    assert (reused, upstream.accepted) == (1, 2)
+
+
+async def test_a_streamed_response_arrives_as_the_upstream_sends_it(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url) as client, client.stream("GET", "/stream") as response:
+        chunks = response.aiter_raw()
+        # The upstream sends the rest only once released: this chunk cannot wait for it.
+        first = await anext(chunks)
+        upstream.release()
+        rest = [chunk async for chunk in chunks]
+
+    assert (first, b"".join(rest)) == (b"first", b"last")
+
+
+async def test_a_call_over_tls_to_a_trusted_upstream_is_answered(
+    open_client: OpenClient,
+    certificates: Certificates,
+    https_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx trusts the authorities in SSL_CERT_FILE instead of certifi's, as OpenSSL does.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.authority))
+    async with open_client(https_url) as client:
+        response = await client.get("/over/tls")
+
+    assert response.status_code == 200
+    assert response.json()["path"] == "/over/tls"
+
+
+async def test_an_untrusted_certificate_is_a_connect_error(
+    open_client: OpenClient, https_url: str
+) -> None:
+    async with open_client(https_url) as client:
+        raised, _ = await failure(client.get("/"))
+
+    assert raised is httpx.ConnectError
+
+
+async def test_a_tls_handshake_never_answered_is_a_connect_timeout(open_client: OpenClient) -> None:
+    with silent_server() as port:
+        async with open_client(
+            f"https://127.0.0.1:{port}", http_client_connect_timeout=TIMEOUT
+        ) as client:
+            raised, seconds = await failure(client.get("/"))
+
+    assert raised is httpx.ConnectTimeout
+    assert TIMEOUT <= seconds < TIMEOUT + SLACK
