@@ -10,6 +10,8 @@ FILES_BY_RESOURCE = {
         PACKAGE / "resources" / "postgres.py",
         PACKAGE / "api" / "notes.py",
         PACKAGE / "models.py",
+        PACKAGE / "resources" / "schema.py",
+        Path("scripts") / "create_database.py",
         Path("tests") / "test_postgres.py",
         Path("tests") / "test_postgres_silent.py",
         Path("tests") / "test_migrations.py",
