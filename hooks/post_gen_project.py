@@ -1,5 +1,8 @@
-"""Delete the files of the resources and features the user switched off."""
+"""Delete the files of the resources and features the user switched off, then print the next
+steps: the README's quick start (Run it), from the directory the bake was started in."""
 
+import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -42,6 +45,15 @@ ENABLED = {
     "http_client": {{ cookiecutter.use_http_client }},
     "opentelemetry": {{ cookiecutter.use_opentelemetry }},
 }
+# The commands of the README's quick start (Run it), which tests/test_hooks.py holds them to.
+QUICK_START = [
+    "make install",
+    "cp .env.example .env",
+{%- if cookiecutter.use_postgres %}
+    "make migrate",
+{%- endif %}
+    "make run",
+]
 # Only needed when the service owns at least one resource (the tracer provider is one).
 FILES_OF_ANY_RESOURCE = [
     PACKAGE / "resources",
@@ -56,6 +68,15 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def shell_path(project: Path) -> str:
+    """The project's path for the user's `cd`: relative to the shell's working directory ($PWD:
+    this hook runs inside the project) when it is there, else absolute."""
+    shell_dir = os.environ.get("PWD")
+    if shell_dir and project.is_relative_to(Path(shell_dir).resolve()):
+        project = project.relative_to(Path(shell_dir).resolve())
+    return shlex.quote(str(project))
+
+
 def main() -> None:
     for resource, enabled in ENABLED.items():
         if not enabled:
@@ -64,6 +85,7 @@ def main() -> None:
     if not any(ENABLED.values()):
         for path in FILES_OF_ANY_RESOURCE:
             remove(path)
+    print("\n".join([f"cd {shell_path(Path.cwd())}", *QUICK_START]))
 
 
 if __name__ == "__main__":
