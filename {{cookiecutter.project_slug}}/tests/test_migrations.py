@@ -138,6 +138,23 @@ def follows(down_revision: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(down_revision or ())
 
 
+async def test_a_role_that_cannot_read_the_applied_migrations_is_not_ready(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    role, password = f"noread_{new_database_url()[0]}", "s3cret-role"
+    await admin_execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    try:
+        url = make_url(database_url).set(username=role, password=password)
+        settings = make_settings(database_url=url.render_as_string(hide_password=False))
+        async with serve(create_app(settings)) as client:
+            ready = await client.get("/health/ready")
+    finally:
+        await admin_execute(f'DROP ROLE "{role}"')
+
+    assert ready.status_code == 503
+    assert ready.json()["resources"]["postgres"]["error"] == "InsufficientPrivilegeError"
+
+
 def test_the_service_reads_the_migrations_as_alembic_does(tmp_path: Path) -> None:
     # The project's migrations, then a branch and its merge: head -> (b1 -> b2, c1) -> m1.
     shutil.copy(ALEMBIC_INI, tmp_path)

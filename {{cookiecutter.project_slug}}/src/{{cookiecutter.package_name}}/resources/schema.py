@@ -84,18 +84,23 @@ class SchemaCheck:
         """Raise NotReadyError naming the pending migrations while the database is behind. A
         revision this code does not know comes from a newer release, whose migrations ran
         before its pods started: the old pods keep serving until they are replaced."""
-        applied = frozenset(applied)
-        unknown = tuple(sorted(applied - self._revisions.keys()))
-        pending = () if unknown else self._pending(applied)
-        if unknown:
-            found = ("unknown", unknown)
-        else:
-            found = ("pending", pending) if pending else ("current", ())
+        applied_now = frozenset(applied)
+        found = self._find(applied_now)
         if found != self._found:
-            self._log(found, applied)
+            self._log(found, applied_now)
             self._found = found
-        if pending:
-            raise NotReadyError(f"pending migrations: {', '.join(pending)}")
+        state, revisions = found
+        if state == "pending":
+            raise NotReadyError(f"pending migrations: {', '.join(revisions)}")
+
+    def _find(self, applied: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+        if applied == self.heads:
+            return "current", ()
+        if unknown := applied - self._revisions.keys():
+            return "unknown", tuple(sorted(unknown))
+        if pending := self._pending(applied):
+            return "pending", pending
+        return "current", ()
 
     def _pending(self, applied: frozenset[str]) -> tuple[str, ...]:
         """The migrations neither applied nor before an applied one, in the order they apply."""
