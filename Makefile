@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 BUILD := build
 DEMO := $(BUILD)/my-service
 
-.PHONY: test test-fast bake demo demo-prepare bench clean
+.PHONY: test test-fast bake demo demo-prepare bench lock clean
 
 # The dev venv is rebuilt whenever requirements-dev.txt changes.
 $(VENV)/.installed: requirements-dev.txt
@@ -43,6 +43,11 @@ demo-prepare: bake
 ## BENCH_ARGS=--quick for a ~1 minute smoke run; --template-suite also times `make test`.
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## Re-lock what baked projects install (scripts/lock.py, see README: Locked dependencies): keeps
+## the locked versions and locks what pyproject.toml adds; UPGRADE=1: every dependency at its newest.
+lock: $(VENV)/.installed
+	$(BIN)/python scripts/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade)
 
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache

@@ -57,7 +57,14 @@ TARGETS = [
     Target(
         "service.notes", "service, GET /notes/{id} (DB read)", "service", "/notes/{note_id}", {}
     ),
-    # The libraries alone (apps/floors.py): subtract the first from the other two.
+    Target(
+        "service.upstream",
+        "service, GET /upstream/{path} (HTTP GET)",
+        "service",
+        "/upstream/ping",
+        {},
+    ),
+    # The libraries alone (apps/floors.py): subtract the first from the others.
     Target("floors.nothing", "no framework: an empty Starlette route", "floors", "/nothing", {}),
     Target("floors.redis", "no framework: one redis-py GET", "floors", "/redis", {}),
     Target(
@@ -66,6 +73,9 @@ TARGETS = [
         "floors",
         "/orm/{note_id}",
         {},
+    ),
+    Target(
+        "floors.http", "no framework: one GET with the service's httpx client", "floors", "/http", {}
     ),
 ]
 

@@ -66,6 +66,27 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(pid: int, *, timeout: float, interval: float = 0.1) -> None:
+    """Poll until the process used no CPU for one interval: a server that is still working
+    off requests a load generator gave up on would slow the next measurement."""
+    deadline = time.perf_counter() + timeout
+    used = cpu_seconds(pid)
+    while time.perf_counter() < deadline:
+        time.sleep(interval)
+        now = cpu_seconds(pid)
+        if now - used < 0.01:
+            return
+        used = now
+    raise TimeoutError(f"pid {pid} was still busy after {timeout} s")
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -82,6 +103,7 @@ class Processes:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen[bytes]] = []
+        self.by_name: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
         self, name: str, argv: Sequence[str | Path], *, env: Mapping[str, str], cwd: Path
@@ -96,12 +118,17 @@ class Processes:
         )
         log.close()  # the child holds its own copy
         self.started.append(process)
+        self.by_name[name] = process
         return process
+
+    def pid_of(self, name: str) -> int:
+        return self.by_name[name].pid
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
             stop(process)
         self.started.clear()
+        self.by_name.clear()
 
 
 @contextlib.contextmanager

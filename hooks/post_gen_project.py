@@ -1,12 +1,15 @@
-"""Delete the files of the resources and features the user switched off, then print the next
-steps: the README's quick start (Run it), from the directory the bake was started in."""
+"""Delete the files of the resources and features the user switched off, write uv.lock, then
+print the next steps: the README's quick start (Run it), from where the bake was started."""
 
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 PACKAGE = Path("src") / {{ cookiecutter.package_name | tojson }}
+PROJECT_SLUG = {{ cookiecutter.project_slug | tojson }}
+PYTHON_VERSION = {{ cookiecutter.python_version | tojson }}
 
 FILES_BY_RESOURCE = {
     "postgres": [
@@ -54,6 +57,9 @@ QUICK_START = [
 {%- endif %}
     "make run",
 ]
+# The uv.lock of every variant (python_version and flags), in parts; see its first lines.
+LOCK_DATA = Path("uv.lock.variants")
+PACKAGE_SEPARATOR = "\n[[package]]\n"
 # Only needed when the service owns at least one resource (the tracer provider is one).
 FILES_OF_ANY_RESOURCE = [
     PACKAGE / "resources",
@@ -77,7 +83,47 @@ def shell_path(project: Path) -> str:
     return shlex.quote(str(project))
 
 
+def package_name(package: str) -> str:
+    """A [[package]] section starts with its line `name = "..."`."""
+    return package.split('"', 2)[1]
+
+
+def lock_for(data: str, variant: str) -> str:
+    """This variant's uv.lock: its header and its packages, sorted by name as uv writes them,
+    the placeholder replaced by the project's name (the project is one of the packages)."""
+    settings: dict[str, str] = {}
+    sections: list[tuple[str, int, list[str]]] = []  # kind, mask of variants, lines
+    for line in data.splitlines(keepends=True):
+        if line.startswith("%% "):
+            key, _, value = line[3:].strip().partition(" ")
+            if key in {"header", "package"}:
+                sections.append((key, int(value, 16), []))
+            else:
+                settings[key] = value
+        elif sections:
+            sections[-1][2].append(line)
+    variants = settings["variants"].split()
+    if variant not in variants:
+        sys.exit(f"ERROR: the template has no uv.lock for {variant}: run `make lock` in the template")
+    bit = 1 << variants.index(variant)
+    placeholder = f'"{settings["placeholder"]}"'
+    parts: dict[str, list[str]] = {"header": [], "package": []}
+    for kind, mask, lines in sections:
+        if mask & bit:
+            parts[kind].append("".join(lines).replace(placeholder, f'"{PROJECT_SLUG}"'))
+    (header,) = parts["header"]
+    # A stable sort: two versions of one package (a forked resolution) stay in the data's order.
+    return PACKAGE_SEPARATOR.join([header, *sorted(parts["package"], key=package_name)])
+
+
+def write_lock() -> None:
+    variant = PYTHON_VERSION + "-" + "".join("1" if enabled else "0" for enabled in ENABLED.values())
+    Path("uv.lock").write_text(lock_for(LOCK_DATA.read_text(encoding="utf-8"), variant), encoding="utf-8")
+    LOCK_DATA.unlink()
+
+
 def main() -> None:
+    write_lock()
     for resource, enabled in ENABLED.items():
         if not enabled:
             for path in FILES_BY_RESOURCE[resource]:

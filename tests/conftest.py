@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +34,35 @@ def load_project_servers() -> ModuleType:
 
 
 project_servers = load_project_servers()
+
+# The python_version choices, lowest (the default) first.
+PYTHON_VERSIONS: list[str] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())["python_version"]
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of this Python version on this machine (scripts/python.sh --find: on PATH,
+    pyenv's, or the one scripts/python.sh installed), or None."""
+    completed = subprocess.run(
+        ["bash", str(TEMPLATE_DIR / "scripts" / "python.sh"), "--find", version],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return completed.stdout.strip() if completed.returncode == 0 else None
+
+
+def python_for(version: str, *, exact: bool = True) -> tuple[str, str]:
+    """(interpreter, its version) for a project whose requires-python is >=version: one of that
+    version or, unless exact, the oldest newer one there is. None there: skipped; in CI a
+    failure (.ci/run installs the newest choice with scripts/python.sh)."""
+    candidates = [version] if exact else PYTHON_VERSIONS[PYTHON_VERSIONS.index(version) :]
+    for candidate in candidates:
+        found = find_python(candidate)
+        if found is not None:
+            return found, candidate
+    container_engine.skip_or_fail(f"no Python {' or '.join(candidates)} on this machine (see scripts/python.sh)")
+
 
 # Lines of a failed step's output shown in the assertion message.
 TAIL_LINES = 60
@@ -181,6 +209,8 @@ class ProjectVenv:
     path: Path
     # Set in the project's tools' environment, over the caller's (e.g. another DATABASE_URL).
     overrides: Mapping[str, str] = field(default_factory=dict)
+    # The interpreter the venv is made with (see python_for).
+    python: str = sys.executable
 
     @property
     def bin(self) -> Path:
@@ -210,28 +240,24 @@ class ProjectVenv:
         return env | dict(self.overrides)
 
     def create(self, project_dir: Path, *, install_project: bool = True) -> StepResult:
-        """Create the venv and install the project editable with its dev extra, using uv (or,
-        with install_project=False, only what the project depends on, dev extra included).
+        """Create the venv with exactly what the project's uv.lock pins, as its `make install`
+        does (`uv sync --locked`: no resolution, and a lock that does not match pyproject.toml is
+        a failure): the project editable with its dev tools or, with install_project=False, only
+        what it depends on, dev tools included.
 
         uv's cache is shared by all workers and runs (uv locks it), so only the first
         install downloads anything.
         """
-        uv = find_uv_bin()
         self.tmp.mkdir(parents=True, exist_ok=True)
-        env = self.env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-        created = run_step(
-            "uv venv",
-            [uv, "venv", "--python", sys.executable, self.path],
-            cwd=project_dir,
-            env=env,
-            timeout=120,
-        )
-        if not created.ok:
-            return created
-        what = ["-e", ".[dev]"] if install_project else ["-r", "pyproject.toml", "--extra", "dev"]
+        env = self.env() | {
+            "UV_PROJECT_ENVIRONMENT": str(self.path),
+            "UV_PYTHON_DOWNLOADS": "never",
+            "UV_NO_PROGRESS": "1",
+        }
+        options = [] if install_project else ["--no-install-project"]
         return run_step(
-            f"uv pip install {shlex.join(what)}",
-            [uv, "pip", "install", "--python", self.bin / "python", *what],
+            f"uv sync --locked {' '.join(options)}".strip(),
+            [find_uv_bin(), "sync", "--locked", "--python", self.python, *options],
             cwd=project_dir,
             env=env,
             timeout=600,

@@ -7,7 +7,7 @@ base image and build the generated Dockerfile unchanged on it, with ``--network 
 
 The stand-in is Debian bookworm (debootstrap's minbase variant, from the mirror apt uses here)
 with Debian's packaged Python 3.11, trusting the host's locally added CA certificates, so that pip
-reaches the package index during the build exactly as it does on the host. Its tarball is cached
+and uv reach the package index during the build exactly as they do on the host. Its tarball is cached
 under ``~/.cache/cookiecutter-fastapi-lifespan/``, keyed by everything that goes into it.
 """
 
@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -42,8 +43,9 @@ STAND_IN_CHANGES = (
     'CMD ["python3"]',
 )
 # Raise when the way the stand-in is made changes: the cached tarball is then rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
+UV_TOML = "system-certs = true\n"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # Host pip configuration files, lowest precedence first (pip's own order).
 HOST_PIP_CONFIGS = (
@@ -77,7 +79,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip where the engine cannot run; in CI (CI=true) that is a failure: the run must prove it."""
     if in_ci():
         pytest.fail(f"{reason} (CI is set: the container tests must run)", pytrace=False)
@@ -173,7 +175,7 @@ class StandInRecipe:
 
     def key(self) -> str:
         digest = hashlib.sha256()
-        parts = [str(RECIPE_VERSION), SUITE, self.mirror, *STAND_IN_PACKAGES, self.pip_conf, *STAND_IN_CHANGES]
+        parts = [str(RECIPE_VERSION), SUITE, self.mirror, *STAND_IN_PACKAGES, self.pip_conf, UV_TOML, *STAND_IN_CHANGES]
         for part in parts:
             digest.update(part.encode() + b"\0")
         for name, data in self.ca_certificates:
@@ -230,6 +232,10 @@ def make_stand_in(recipe: StandInRecipe, tarball: Path) -> None:
             (certificates / name).write_bytes(data)
         run_checked(["chroot", str(rootfs), "update-ca-certificates"], timeout=120)
         (rootfs / "etc" / "pip.conf").write_text(recipe.pip_conf)
+        # uv (the Dockerfile's `uv sync`) reads no pip.conf and trusts its own roots unless told to
+        # use the system's, which hold the host's local certificates.
+        (rootfs / "etc" / "uv").mkdir()
+        (rootfs / "etc" / "uv" / "uv.toml").write_text(UV_TOML)
         partial = tarball.with_suffix(".partial")
         run_checked(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(partial), "."], timeout=300)
         partial.rename(tarball)

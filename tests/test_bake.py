@@ -13,13 +13,13 @@ import itertools
 import json
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE_DIR, Baker, ProjectVenv, StepResult
+from conftest import PYTHON_VERSIONS, TEMPLATE_DIR, Baker, ProjectVenv, StepResult, python_for
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,14 @@ class Case:
     project_name: str | None = None
     slug: str = "my-service"
     package: str = "my_service"
+    # None: the default answer, the lowest choice.
+    python_version: str | None = None
 
     @property
     def id(self) -> str:
         resources = "-".join(name for name in RESOURCES if name in self.enabled) or "no-resources"
-        return resources if self.project_name is None else f"{self.slug}-{resources}"
+        named = resources if self.project_name is None else f"{self.slug}-{resources}"
+        return named if self.python_version is None else f"{named}-py{self.python_version}"
 
     @property
     def disabled(self) -> list[Resource]:
@@ -130,7 +133,13 @@ class Case:
         context: dict[str, object] = {resource.flag: name in self.enabled for name, resource in RESOURCES.items()}
         if self.project_name is not None:
             context["project_name"] = self.project_name
+        if self.python_version is not None:
+            context["python_version"] = self.python_version
         return context
+
+    def python(self) -> tuple[str, str]:
+        """The interpreter of the case's python_version (its venv's), and that version."""
+        return python_for(self.python_version or PYTHON_VERSIONS[0])
 
 
 def case_of(flags: str) -> Case:
@@ -152,7 +161,12 @@ CASES = [
 # servers and processes; what the other combinations add is which files and lines they contain,
 # and every combination is linted and type-checked.
 SUITE_FLAGS = ["1111", "0000", "1110", "1001", "0101", "0011"]
-SUITE_CASES = [case_of(flags) for flags in SUITE_FLAGS] + [RENAMED_ALL_ON]
+# The other python_version choices, all on: the newest runs the whole suite, in a venv of that
+# Python; the ones between are linted and type-checked for their target (ruff's target-version,
+# mypy's python_version) by test_each_python_version_lints_and_type_checks.
+NEWEST_PYTHON_ALL_ON = Case(frozenset(RESOURCES), python_version=PYTHON_VERSIONS[-1])
+MIDDLE_PYTHON_CASES = [Case(frozenset(RESOURCES), python_version=version) for version in PYTHON_VERSIONS[1:-1]]
+SUITE_CASES = [case_of(flags) for flags in SUITE_FLAGS] + [RENAMED_ALL_ON, NEWEST_PYTHON_ALL_ON]
 LINT_ONLY_CASES = [case for case in CASES if case not in SUITE_CASES]
 
 TEMPLATE_MARKERS = ("{{", "{%", "%}")
@@ -230,7 +244,9 @@ def test_suite_cases_cover_every_pair_of_flag_values() -> None:
         met = {(first in enabled, second in enabled) for enabled in suites}
         assert met == every_pair_of_values, f"{first} and {second} never meet as {every_pair_of_values - met}"
     assert len(CASES) == 2 ** len(RESOURCES) + 1
-    assert sorted(SUITE_CASES + LINT_ONLY_CASES, key=str) == sorted(CASES, key=str)
+    assert sorted(SUITE_CASES + LINT_ONLY_CASES, key=str) == sorted([*CASES, NEWEST_PYTHON_ALL_ON], key=str)
+    other_versions = {case.python_version for case in [NEWEST_PYTHON_ALL_ON, *MIDDLE_PYTHON_CASES]}
+    assert other_versions == set(PYTHON_VERSIONS[1:]), "every python_version choice is checked"
 
 
 def test_project_is_named_after_slug_and_package(baked: Baked) -> None:
@@ -345,7 +361,8 @@ def test_project_checks_pass(
 ) -> None:
     # A bake of its own: tool caches written here must not reach the cheap checks' bake.
     project = baker.bake(tmp_path / "out", case.context)
-    venv = ProjectVenv(tmp_path / "venv", overrides=servers_for(case, request))
+    python, _ = case.python()
+    venv = ProjectVenv(tmp_path / "venv", overrides=servers_for(case, request), python=python)
 
     installed = venv.create(project)
     if not installed.ok:
@@ -397,3 +414,31 @@ def test_project_lints_and_type_checks(case: Case, baker: Baker, tmp_path: Path,
     failed = [result for result in results if not result.ok]
     if failed:
         pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MIDDLE_PYTHON_CASES, ids=[case.id for case in MIDDLE_PYTHON_CASES])
+def test_each_python_version_lints_and_type_checks(
+    case: Case, baker: Baker, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """The checks for the case's target, in a venv of that Python where the machine has one, else
+    of the oldest newer one (the lock installs there too: its requires-python is a floor); ruff's
+    target-version and mypy's python_version, the project's own settings, stay the target's."""
+    assert case.python_version is not None
+    project = baker.bake(tmp_path / "out", case.context)
+    python, version = python_for(case.python_version, exact=False)
+    record_property("python", f"{case.id}: checked in a venv of Python {version}")
+    venv = ProjectVenv(tmp_path / "venv", python=python)
+
+    installed = venv.create(project)
+    if not installed.ok:
+        pytest.fail(installed.report(), pytrace=False)
+    results = [venv.run(name, argv, cwd=project) for name, argv in PROJECT_CHECKS if name != "pytest"]
+
+    failed = [result for result in results if not result.ok]
+    if failed:
+        pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={case.python_version}"
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + case.python_version.replace(".", "")
+    assert pyproject["tool"]["mypy"]["python_version"] == case.python_version

@@ -314,7 +314,7 @@ def build_and_rebuild(engine: DockerEngine, project: Path, case: Case, tag: str)
     init.write_text(init.read_text() + "# changed\n")
     second = build(engine, project, tag)
     assert_ok(second.result)
-    assert second.reused("-r requirements.txt"), second.step("-r requirements.txt")
+    assert second.reused("uv sync --locked"), second.step("uv sync --locked")
     assert second.reused("COPY --from=builder /opt/venv"), second.step("COPY --from=builder /opt/venv")
     assert not second.reused("COPY src"), second.step("COPY src")
     assert second.installed() == {case.slug}

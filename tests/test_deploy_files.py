@@ -190,11 +190,14 @@ def test_dockerfile_builds_dependencies_first_and_runs_slim_and_unprivileged(dep
     runtime = instructions[keywords.index("FROM", 1) :]
 
     assert stages == ["python:3.11-slim AS builder", "python:3.11-slim AS runtime"]
-    # The dependencies install from pyproject.toml alone, before any source reaches the image.
-    assert copies.index("pyproject.toml ./") < copies.index("src ./src")
-    installs = [index for index, instruction in enumerate(instructions) if "pip install" in instruction.arguments]
-    assert "-r requirements.txt" in instructions[installs[0]].arguments
-    assert installs[0] < instructions.index(Instruction("COPY", "src ./src")) < installs[-1]
+    # The dependencies install from pyproject.toml and uv.lock alone, exactly as locked, before any
+    # source reaches the image; the service's wheel goes on top in the runtime stage.
+    assert copies.index("pyproject.toml uv.lock ./") < copies.index("src ./src")
+    (sync,) = [index for index, instruction in enumerate(instructions) if "uv sync" in instruction.arguments]
+    assert {"--locked", "--no-dev", "--no-install-project"} <= set(instructions[sync].arguments.split())
+    (wheel,) = [index for index, instruction in enumerate(runtime) if "/wheels/" in instruction.arguments]
+    assert sync < instructions.index(Instruction("COPY", "src ./src")) < len(instructions) - len(runtime) + wheel
+    assert "pip install" in runtime[wheel].arguments
 
     users = [instruction.arguments for instruction in runtime if instruction.keyword == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
@@ -281,9 +284,14 @@ def test_workflow_runs_the_checks_against_a_container_per_enabled_server(deploye
         if url is not None:
             port = services[server]["ports"][0].split(":")[0]
             assert urlsplit(url).port == int(port)
+    (setup_uv,) = [step for step in job["steps"] if step.get("uses", "").startswith("astral-sh/setup-uv@")]
+
     assert setup_python["with"]["python-version"] == "3.11"
-    for command in ("pip install -e '.[dev]'", "ruff check .", "ruff format --check .", "mypy", "pytest"):
-        assert any(command in run for run in commands), command
+    assert re.fullmatch(r"\d+\.\d+\.\d+", setup_uv["with"]["version"]), "a pinned uv"
+    # Exactly the locked versions, installed before the checks run with them, never re-locked.
+    install = commands.index('uv sync --locked --python "3.11"')
+    for command in ("ruff check .", "ruff format --check .", "mypy", "pytest"):
+        assert commands.index(f"uv run --frozen {command}") > install, command
     assert any("apt-get install" in run and "redis-server" in run for run in commands) == deployed.on("redis")
 
 

@@ -60,13 +60,16 @@ def test_uv_sync_installs_the_dev_tools_the_makefile_uses(baker: Baker, tmp_path
     (tmp_path / "tmp").mkdir()
     env = venv.env() | {"TMPDIR": str(tmp_path / "tmp"), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
 
-    require(run_step("uv sync", [find_uv_bin(), "sync", "--python", sys.executable], cwd=project, env=env, timeout=600))
+    lock = (project / "uv.lock").read_text()
+
+    sync = [find_uv_bin(), "sync", "--locked", "--python", sys.executable]
+    require(run_step("uv sync --locked", sync, cwd=project, env=env, timeout=600))
     lint = require(run_step("make lint", ["make", "lint"], cwd=project, env=env, timeout=300))
     collected = require(
         run_step("pytest --collect-only", [venv.bin / "pytest", "--collect-only", "-q"], cwd=project, env=env, timeout=120)
     )
 
-    assert (project / "uv.lock").is_file()
+    assert (project / "uv.lock").read_text() == lock, "installed from the baked lock, unchanged"
     # The dev dependency group brought the dev extra: its tools ran from .venv.
     for command in LINT_COMMANDS:
         assert f".venv/bin/{command}" in lint.output, lint.output

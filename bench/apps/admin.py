@@ -4,6 +4,7 @@ everything measured (the Python packages and the servers).
     python admin.py create-db ADMIN_DSN NAME     drop NAME if it exists, create it empty
     python admin.py drop-db ADMIN_DSN NAME
     python admin.py versions ADMIN_DSN REDIS_URL  one JSON object on stdout
+    python admin.py delete-keys REDIS_URL PREFIX  delete every key starting with PREFIX
 """
 
 import asyncio
@@ -52,6 +53,16 @@ async def drop_db(admin_dsn: str, name: str) -> None:
         await connection.close()
 
 
+async def delete_keys(redis_url: str, prefix: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+
+
 def _package_version(name: str) -> str | None:
     try:
         return version(name)
@@ -84,6 +95,8 @@ def main() -> None:
         asyncio.run(create_db(*args))
     elif command == "drop-db":
         asyncio.run(drop_db(*args))
+    elif command == "delete-keys":
+        asyncio.run(delete_keys(*args))
     elif command == "versions":
         print(json.dumps(asyncio.run(versions(*args))))
     else:

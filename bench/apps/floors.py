@@ -5,6 +5,11 @@ middleware, whose routes make one library call each and answer an empty 200.
     /nothing             the app alone: subtract it from the others
     /redis               one redis-py GET, as GET /cache/{key} does
     /orm/{note_id}       one AsyncSession: get(Note) and commit, as GET /notes/{id} does
+    /http                one GET to the upstream with the service's shared httpx client, as
+                         GET /upstream/{path} does
+
+bench/run.py also serves it under load: the libraries' own latency at the same concurrency, the
+floor under the service's routes.
 """
 
 from functools import partial
@@ -29,6 +34,11 @@ async def redis_get(request: Request) -> Response:
     return Response()
 
 
+async def http_get(request: Request) -> Response:
+    (await request.state.http_client.get("/ping")).raise_for_status()
+    return Response()
+
+
 async def orm_read(request: Request) -> Response:
     async with AsyncSession(request.state.postgres, expire_on_commit=False) as session:
         await session.get(Note, request.path_params["note_id"])
@@ -41,6 +51,7 @@ app = Starlette(
         Route("/nothing", nothing),
         Route("/redis", redis_get),
         Route("/orm/{note_id:int}", orm_read),
+        Route("/http", http_get),
     ],
     lifespan=partial(lifespan, settings=load_settings()),
 )

@@ -8,7 +8,7 @@ from the environment and default to the local servers.
 import asyncio
 {% endif -%}
 import os
-{% if cookiecutter.use_postgres -%}
+{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
 import uuid
 {% endif -%}
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,13 +18,19 @@ from contextlib import asynccontextmanager, contextmanager
 from contextlib import asynccontextmanager
 {%- endif %}
 from pathlib import Path
+{% if cookiecutter.use_redis -%}
+from typing import Any, cast
+{% else -%}
 from typing import Any
-
+{% endif %}
 import anyio.to_thread
 {% if cookiecutter.use_postgres -%}
 import asyncpg
 {% endif -%}
 import pytest
+{% if cookiecutter.use_redis -%}
+import redis
+{% endif -%}
 import structlog
 {%- if cookiecutter.use_postgres %}
 from alembic import command
@@ -73,6 +79,8 @@ ALEMBIC_INI = PROJECT / "alembic.ini"
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The keys of this test run (REDIS_KEY_PREFIX): deleted at the end, whatever the tests wrote.
+REDIS_KEY_PREFIX = f"test-{uuid.uuid4().hex[:12]}:"
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 
@@ -138,6 +146,22 @@ def database_url() -> Iterator[str]:
     finally:
         asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 {%- endif %}
+{%- if cookiecutter.use_redis %}
+
+
+def delete_keys(prefix: str) -> int:
+    """Delete every key starting with `prefix` from REDIS_URL's database; how many there were."""
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        return cast(int, client.delete(*keys)) if keys else 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_this_runs_redis_keys() -> Iterator[None]:
+    """The developer's Redis keeps nothing of a test run, whatever TTL the tests chose."""
+    yield
+    delete_keys(REDIS_KEY_PREFIX)
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
 
 
@@ -176,6 +200,7 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
 {%- endif %}
 {%- if cookiecutter.use_redis %}
             "redis_url": REDIS_URL,
+            "redis_key_prefix": REDIS_KEY_PREFIX,
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
             "http_client_base_url": upstream_url,
@@ -214,6 +239,7 @@ def service_env(
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         "REDIS_URL": REDIS_URL,
+        "REDIS_KEY_PREFIX": REDIS_KEY_PREFIX,
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
         "HTTP_CLIENT_BASE_URL": upstream_url,

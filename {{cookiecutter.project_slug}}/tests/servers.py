@@ -6,6 +6,8 @@ TESTS_REQUIRE_SERVERS=1 in the environment it fails instead, so that a run which
 outage tests (CI, the template's own tests) cannot pass without running them. (No template
 syntax in this file: the template's own tests load it as it is.)"""
 
+from __future__ import annotations
+
 import asyncio
 import json
 import os
@@ -61,7 +63,7 @@ async def async_wait_until(
     return time.monotonic() - started
 
 
-async def timed(request: Awaitable["httpx.Response"]) -> tuple["httpx.Response", float]:
+async def timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
     """The response, and the seconds it took."""
     started = time.monotonic()
     response = await request
@@ -69,7 +71,7 @@ async def timed(request: Awaitable["httpx.Response"]) -> tuple["httpx.Response",
 
 
 def answers(
-    client: "httpx.AsyncClient", path: str, status_code: int
+    client: httpx.AsyncClient, path: str, status_code: int
 ) -> Callable[[], Awaitable[bool]]:
     """A condition for `async_wait_until`: GET `path` answers `status_code`."""
 
@@ -140,6 +142,12 @@ def silent_server() -> Iterator[int]:
         yield port
 
 
+# What ends a proxied connection before it reaches the server: the server is unreachable, or the
+# proxy closes. (A name, not a tuple in the except clause: ruff formats that differently for
+# Python 3.14, which drops the parentheses, than for the older targets.)
+CONNECTION_ENDED = (OSError, asyncio.CancelledError)
+
+
 class TcpProxy:
     """A TCP proxy in front of a real server that can go silent, as a network partition, a
     frozen VM or a dropped conntrack entry do: it stops forwarding bytes either way but closes
@@ -186,7 +194,7 @@ class TcpProxy:
         try:
             await self._flowing.wait()
             server_in, server_out = await asyncio.open_connection(*self._target)
-        except (OSError, asyncio.CancelledError):  # unreachable, or the proxy closes
+        except CONNECTION_ENDED:
             client_out.close()
             return
         await asyncio.gather(self._pipe(client_in, server_out), self._pipe(server_in, client_out))
@@ -231,7 +239,7 @@ def tcp_proxy(target_port: int, target_host: str = "127.0.0.1") -> Iterator[TcpP
 
 
 @contextmanager
-def private_redis(*, password: str | None = None) -> Iterator["PrivateRedis"]:
+def private_redis(*, password: str | None = None) -> Iterator[PrivateRedis]:
     binary = shutil.which("redis-server")
     if binary is None:
         cannot_start("redis-server is not installed: cannot start a private Redis")
@@ -243,7 +251,7 @@ def private_redis(*, password: str | None = None) -> Iterator["PrivateRedis"]:
 
 
 class PrivateRedis:
-    process: "subprocess.Popen[bytes]"
+    process: subprocess.Popen[bytes]
 
     def __init__(self, binary: str, port: int, password: str | None) -> None:
         self.port = port
@@ -278,7 +286,7 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_postgres(*, password: str | None = None) -> Iterator["PrivatePostgres"]:
+def private_postgres(*, password: str | None = None) -> Iterator[PrivatePostgres]:
     """A private PostgreSQL server: trust authentication, or, given a password, password
     (scram-sha-256) authentication, as PostgreSQL's container image and managed servers have."""
     bin_dir = _postgres_bin_dir()
@@ -328,7 +336,7 @@ class PrivatePostgres:
     `postgres`, trust authentication or scram with `password`, and durability traded for speed
     (no fsync), as only tests use it."""
 
-    process: "subprocess.Popen[bytes]"
+    process: subprocess.Popen[bytes]
 
     def __init__(
         self, bin_dir: Path, directory: Path, port: int, user: str | None, password: str | None

@@ -5,6 +5,7 @@ from collections.abc import Callable
 import pytest
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from httpx import ASGITransport, AsyncClient
 from structlog.typing import EventDict
 
@@ -38,6 +39,18 @@ async def test_readiness_reports_every_resource(
         assert check["status"] == "ok"
         assert check["latency_ms"] >= 0
     assert worker_thread_calls == []
+
+
+def test_the_probes_are_the_first_routes_and_behind_no_router(settings: Settings) -> None:
+    # Each route before them, and an included router's routing layer, would cost every probe.
+    first = create_app(settings).routes[:2]
+
+    assert [(type(route), getattr(route, "path", None)) for route in first] == [
+        (APIRoute, "/health/live"),
+        (APIRoute, "/health/ready"),
+    ]
+    openapi = create_app(settings).openapi()
+    assert openapi["paths"]["/health/live"]["get"]["tags"] == ["health"]
 
 
 def test_creating_an_app_opens_nothing(

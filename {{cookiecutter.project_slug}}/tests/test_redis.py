@@ -3,15 +3,24 @@
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 from httpx import AsyncClient
+from redis import Redis as SyncRedis
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import RedisClient
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import assert_answered_unavailable, scrape, serve
+from tests.conftest import (
+    REDIS_KEY_PREFIX,
+    REDIS_URL,
+    assert_answered_unavailable,
+    delete_keys,
+    scrape,
+    serve,
+)
 from tests.servers import PrivateRedis, answers, async_wait_until, private_redis
 
 
@@ -33,6 +42,25 @@ async def test_a_value_is_stored_and_read_back(
     fetched = await client.get(f"/cache/{key}")
     assert fetched.json() == {"key": key, "value": "hello"}
     assert worker_thread_calls == []
+    # Under REDIS_KEY_PREFIX, where the end of the test run deletes it.
+    assert await asyncio.to_thread(read_key, f"{REDIS_KEY_PREFIX}cache:{key}") == b"hello"
+
+
+def read_key(key: str) -> bytes | None:
+    with SyncRedis.from_url(REDIS_URL) as redis:
+        return cast(bytes | None, redis.get(key))
+
+
+def test_a_prefix_s_keys_are_deleted_and_no_other() -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    with SyncRedis.from_url(REDIS_URL) as redis:
+        redis.set(f"{prefix}a", "1", ex=60)
+        redis.set(f"{prefix}b", "2", ex=60)
+        redis.set(f"other-{prefix}", "3", ex=60)
+        assert delete_keys(prefix) == 2
+        assert redis.exists(f"{prefix}a", f"{prefix}b") == 0
+        assert redis.get(f"other-{prefix}") == b"3"
+        redis.delete(f"other-{prefix}")
 
 
 async def test_an_outage_is_a_503_and_the_service_recovers_without_a_restart(

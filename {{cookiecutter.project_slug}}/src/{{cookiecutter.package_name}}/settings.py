@@ -1,9 +1,10 @@
 """Settings, read once from the environment (and `.env`) and validated before anything opens."""
+{%- set typing_names = ["Annotated", "Literal"] + (["Self"] if cookiecutter.use_postgres else []) %}
 
 {% if cookiecutter.use_postgres -%}
 from pathlib import Path
 {% endif -%}
-from typing import Annotated, Literal
+from typing import {{ typing_names | join(", ") }}
 {%- if cookiecutter.use_redis %}
 from urllib.parse import urlsplit
 {%- endif %}
@@ -122,6 +123,9 @@ class Settings(BaseSettings):
 {%- if cookiecutter.use_redis %}
 
     redis_url: RedisUrl
+    # Every key the service writes starts with it, so that services (and test runs) sharing
+    # one Redis database never read or delete each other's keys.
+    redis_key_prefix: str = {{ (cookiecutter.project_slug ~ ":") | tojson }}
     redis_max_connections: int = Field(default=50, ge=1)
     # Opening a connection, and each command (a command is never retried after a timeout).
     redis_connect_timeout: Seconds = 1.0
@@ -140,7 +144,7 @@ class Settings(BaseSettings):
 {%- if cookiecutter.use_postgres %}
 
     @model_validator(mode="after")
-    def _pools_fit_the_connection_budget(self) -> "Settings":
+    def _pools_fit_the_connection_budget(self) -> Self:
         connections = self.workers * (self.db_pool_size + self.db_max_overflow)
         if connections > self.db_connection_budget:
             raise ValueError(

@@ -3,10 +3,11 @@
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
-from {{ cookiecutter.package_name }}.dependencies import RedisClient
+from {{ cookiecutter.package_name }}.dependencies import AppSettings, RedisClient
 
 router = APIRouter(prefix="/cache", tags=["cache"])
 
+# Under REDIS_KEY_PREFIX: the namespace of these routes' keys.
 KEY_PREFIX = "cache:"
 
 
@@ -21,14 +22,16 @@ class CacheEntry(BaseModel):
 
 
 @router.put("/{key}")
-async def put_value(key: str, body: CacheValue, redis: RedisClient) -> CacheEntry:
-    await redis.set(KEY_PREFIX + key, body.value, ex=body.ttl_seconds)
+async def put_value(
+    key: str, body: CacheValue, redis: RedisClient, settings: AppSettings
+) -> CacheEntry:
+    await redis.set(settings.redis_key_prefix + KEY_PREFIX + key, body.value, ex=body.ttl_seconds)
     return CacheEntry(key=key, value=body.value)
 
 
 @router.get("/{key}", responses={status.HTTP_404_NOT_FOUND: {}})
-async def get_value(key: str, redis: RedisClient) -> CacheEntry:
-    value = await redis.get(KEY_PREFIX + key)
+async def get_value(key: str, redis: RedisClient, settings: AppSettings) -> CacheEntry:
+    value = await redis.get(settings.redis_key_prefix + KEY_PREFIX + key)
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "key not found")
     return CacheEntry(key=key, value=value)

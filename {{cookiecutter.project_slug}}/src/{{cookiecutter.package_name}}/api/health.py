@@ -4,7 +4,7 @@ import time
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
 from functools import partial
 {%- endif %}
-from typing import Literal
+from typing import Literal, Self
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
@@ -48,7 +48,7 @@ class ResourceHealth(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, result: CheckResult, now: float) -> "ResourceHealth":
+    def of(cls, result: CheckResult, now: float) -> Self:
         return cls(
             status="ok" if result.ok else "unavailable",
             latency_ms=result.latency_ms,
