@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 BUILD := build
 DEMO := $(BUILD)/my-service
 
-.PHONY: test test-fast bake demo bench lock clean
+.PHONY: test test-fast bake demo demo-prepare bench lock clean
 
 # The dev venv is rebuilt whenever requirements-dev.txt changes.
 $(VENV)/.installed: requirements-dev.txt
@@ -27,12 +27,17 @@ bake: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/cookiecutter . --no-input -o $(BUILD)
 
-## Bake, install and run the default service in the foreground (config from its .env).
-demo: bake
+## Bake, install, migrate and run the default service in the foreground (config from its .env).
+demo: demo-prepare
+	cd $(DEMO) && exec .venv/bin/python -m my_service
+
+## Everything `make demo` does before the service starts: the project's own quick start, with
+## uv. `make migrate` creates the database of .env's DATABASE_URL (my_service) when missing.
+demo-prepare: bake
 	cd $(DEMO) && $(BIN)/uv venv --quiet --python $(BIN)/python .venv
 	cd $(DEMO) && $(BIN)/uv pip install --python .venv/bin/python -e '.[dev]'
 	cp $(DEMO)/.env.example $(DEMO)/.env
-	cd $(DEMO) && exec .venv/bin/python -m my_service
+	$(MAKE) -C $(DEMO) migrate VENV=.venv
 
 ## Benchmark the all-on service against a bare app and the naive pattern (see README: Benchmarks).
 ## BENCH_ARGS=--quick for a ~1 minute smoke run; --template-suite also times `make test`.

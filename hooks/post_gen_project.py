@@ -1,5 +1,8 @@
-"""Delete the files of the resources and features the user switched off, and write uv.lock."""
+"""Delete the files of the resources and features the user switched off, write uv.lock, then
+print the next steps: the README's quick start (Run it), from where the bake was started."""
 
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +16,8 @@ FILES_BY_RESOURCE = {
         PACKAGE / "resources" / "postgres.py",
         PACKAGE / "api" / "notes.py",
         PACKAGE / "models.py",
+        PACKAGE / "resources" / "schema.py",
+        Path("scripts") / "create_database.py",
         Path("tests") / "test_postgres.py",
         Path("tests") / "test_postgres_silent.py",
         Path("tests") / "test_migrations.py",
@@ -45,6 +50,15 @@ ENABLED = {
     "http_client": {{ cookiecutter.use_http_client }},
     "opentelemetry": {{ cookiecutter.use_opentelemetry }},
 }
+# The commands of the README's quick start (Run it), which tests/test_hooks.py holds them to.
+QUICK_START = [
+    "make install",
+    "cp .env.example .env",
+{%- if cookiecutter.use_postgres %}
+    "make migrate",
+{%- endif %}
+    "make run",
+]
 # The uv.lock of every variant (python_version and flags), in parts; see its first lines.
 LOCK_DATA = Path("uv.lock.variants")
 PACKAGE_SEPARATOR = "\n[[package]]\n"
@@ -60,6 +74,15 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def shell_path(project: Path) -> str:
+    """The project's path for the user's `cd`: relative to the shell's working directory ($PWD:
+    this hook runs inside the project) when it is there, else absolute."""
+    shell_dir = os.environ.get("PWD")
+    if shell_dir and project.is_relative_to(Path(shell_dir).resolve()):
+        project = project.relative_to(Path(shell_dir).resolve())
+    return shlex.quote(str(project))
 
 
 def package_name(package: str) -> str:
@@ -110,6 +133,7 @@ def main() -> None:
     if not any(ENABLED.values()):
         for path in FILES_OF_ANY_RESOURCE:
             remove(path)
+    print("\n".join([f"cd {shell_path(Path.cwd())}", *QUICK_START]))
 
 
 if __name__ == "__main__":

@@ -85,8 +85,11 @@ class Baker:
         )
         return Path(project)
 
-    def run_cli(self, output_dir: Path, answers: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-        """Bake with the command line, as a user would, capturing stdout and stderr separately."""
+    def run_cli(
+        self, output_dir: Path, answers: Mapping[str, str], cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Bake with the command line, as a user would, capturing stdout and stderr separately;
+        from `cwd` as a shell's working directory (its $PWD too), or else from the test run's."""
         argv = [
             sys.executable,
             "-m",
@@ -99,7 +102,8 @@ class Baker:
             str(output_dir),
             *(f"{key}={value}" for key, value in answers.items()),
         ]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        env = None if cwd is None else os.environ | {"PWD": str(cwd)}
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="session")

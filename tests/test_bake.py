@@ -50,6 +50,8 @@ RESOURCES: dict[str, Resource] = {
             "src/{package}/resources/postgres.py",
             "src/{package}/api/notes.py",
             "src/{package}/models.py",
+            "src/{package}/resources/schema.py",
+            "scripts/create_database.py",
             "tests/test_postgres.py",
             "tests/test_postgres_silent.py",
             "tests/test_migrations.py",

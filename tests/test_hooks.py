@@ -1,7 +1,10 @@
-"""The pre-generation hook: bad answers fail fast with one clear line; good ones derive names."""
+"""The hooks: bad answers fail fast with one clear line; good ones derive names; a bake prints the
+next steps, which are the generated README's quick start."""
 
 from __future__ import annotations
 
+import itertools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,68 @@ def test_opentelemetry_answer_on_the_command_line_keeps_or_deletes_tracing(
     tracing_files = [project / "src" / "my_service" / "resources" / "tracing.py", project / "tests" / "test_tracing.py"]
     assert [path.exists() for path in tracing_files] == [on, on]
     assert ("opentelemetry-sdk" in (project / "pyproject.toml").read_text()) == on
+
+
+def quick_start(project: Path) -> list[str]:
+    """The commands of the generated README's quick start: its first block under "## Run it",
+    without the comments."""
+    run_it = (project / "README.md").read_text().split("\n## Run it\n", 1)[1]
+    block = run_it.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+
+
+def test_the_bake_prints_the_next_steps_and_nothing_else(baker: Baker, tmp_path: Path) -> None:
+    result = baker.run_cli(tmp_path, {}, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    steps = result.stdout.splitlines()
+    assert steps == ["cd my-service", "make install", "cp .env.example .env", "make migrate", "make run"]
+    assert steps[1:] == quick_start(tmp_path / "my-service")
+
+
+def test_the_next_steps_cd_by_an_absolute_path_outside_the_working_directory(
+    baker: Baker, tmp_path: Path
+) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+
+    result = baker.run_cli(tmp_path / "out", {}, cwd=tmp_path / "elsewhere")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"cd {(tmp_path / 'out' / 'my-service').resolve()}"
+
+
+FLAGS = ["use_postgres", "use_redis", "use_http_client", "use_opentelemetry"]
+COMBINATIONS = [dict(zip(FLAGS, values, strict=True)) for values in itertools.product([True, False], repeat=4)]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    COMBINATIONS,
+    ids=["-".join(flag.removeprefix("use_") for flag, on in flags.items() if on) or "none" for flags in COMBINATIONS],
+)
+def test_the_next_steps_are_the_quick_start_and_work_in_every_combination(
+    baker: Baker, tmp_path: Path, flags: dict[str, bool]
+) -> None:
+    (tmp_path / "out").mkdir()
+
+    result = baker.run_cli(tmp_path / "out", {flag: str(on).lower() for flag, on in flags.items()}, cwd=tmp_path)
+
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    project = tmp_path / "out" / "my-service"
+    cd, *steps = result.stdout.splitlines()
+    assert cd == "cd out/my-service"
+    assert steps == quick_start(project)
+    assert ("make migrate" in steps) == flags["use_postgres"]
+    for step in steps:
+        command, *arguments = step.split()
+        if command == "make":  # a target of the project's Makefile (-n: printed, not run)
+            dry_run = subprocess.run(
+                ["make", "-n", *arguments], cwd=project, capture_output=True, text=True, check=False
+            )
+            assert dry_run.returncode == 0, f"{step}: {dry_run.stderr}"
+        elif command == "cp":
+            assert (project / arguments[0]).is_file(), step
+        else:
+            pytest.fail(f"a step the test does not know: {step}")

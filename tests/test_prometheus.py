@@ -11,21 +11,24 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import Baker, ProjectVenv, project_servers
+from conftest import Baker, ProjectVenv, project_servers, run_step
 
 SCRAPE_INTERVAL = "1s"
 
 
 @contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as output:
-        started = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+        started = subprocess.Popen(argv, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
     try:
         yield started
     finally:
@@ -75,9 +78,16 @@ def test_prometheus_scrapes_the_service(
     service_env = venv.env() | {
         "PORT": str(service_port),
         "LOG_FORMAT": "json",
-        "DATABASE_URL": scram_postgres_url,
+        # A database of its own, which `make migrate` creates and migrates: the service is ready
+        # only with every migration applied.
+        "DATABASE_URL": urlunsplit(urlsplit(scram_postgres_url)._replace(path="/prometheus_test")),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
     }
+    migrated = run_step(
+        "make migrate", ["make", "migrate", f"VENV={venv.path}"], cwd=project, env=service_env, timeout=120
+    )
+    if not migrated.ok:
+        pytest.fail(migrated.report(), pytrace=False)
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(  # JSON is YAML
@@ -103,7 +113,7 @@ def test_prometheus_scrapes_the_service(
         return answer["data"]["result"]
 
     with (
-        process([str(venv.bin / "python"), "-m", "my_service"], service_env, tmp_path / "service.log"),
+        process([str(venv.bin / "python"), "-m", "my_service"], service_env, tmp_path / "service.log", cwd=project),
         process(prometheus_argv, {"PATH": os.environ["PATH"]}, tmp_path / "prometheus.log"),
     ):
         poll(

@@ -4,42 +4,15 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 from sqlalchemy import pool
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.models import Base
-from {{ cookiecutter.package_name }}.settings import (
-    PostgresUrl,
-    Settings,
-    describe_invalid_settings,
-)
+from {{ cookiecutter.package_name }}.settings import load_database_url
 
 # What `alembic revision --autogenerate` and `alembic check` compare the database with.
 target_metadata = Base.metadata
-
-
-class MigrationSettings(BaseSettings):
-    """DATABASE_URL alone, from the environment or `.env`, validated by the service's own type.
-
-    Not `Settings()`: that would also demand every other required variable (REDIS_URL, ...),
-    which migrations never use.
-    """
-
-    model_config = Settings.model_config
-
-    database_url: PostgresUrl
-
-
-def database_url() -> URL:
-    try:
-        settings = MigrationSettings()
-    except ValidationError as exc:
-        # The default message would echo the value, password included.
-        raise SystemExit(describe_invalid_settings(exc)) from None
-    return make_url(settings.database_url.get_secret_value())
 
 
 def run_migrations_offline(url: URL) -> None:
@@ -81,6 +54,6 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name)
 
 if context.is_offline_mode():
-    run_migrations_offline(database_url())
+    run_migrations_offline(load_database_url())
 else:
-    asyncio.run(run_migrations_online(database_url()))
+    asyncio.run(run_migrations_online(load_database_url()))

@@ -99,38 +99,52 @@ def alembic_config(database_url: str) -> Iterator[Config]:
         yield Config(ALEMBIC_INI, attributes={"configure_logger": False})
 
 
+def migrate(database_url: str, revision: str = "head") -> None:
+    """`alembic upgrade <revision>` on database_url."""
+    with alembic_config(database_url) as config:
+        command.upgrade(config, revision)
+
+
+async def admin_execute(statement: str, admin_url: str = ADMIN_DATABASE_URL) -> None:
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+def new_database_url() -> tuple[str, str]:
+    """A name for a database of a test's own, and its URL on the server of DATABASE_URL."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = make_url(ADMIN_DATABASE_URL).set(drivername="postgresql+asyncpg", database=name)
+    return name, url.render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def empty_database() -> AsyncIterator[str]:
+    """A new database with no table at all, dropped at the end: its URL."""
+    name, url = new_database_url()
+    await admin_execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url
+    finally:
+        await admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A database of this test run's own, built by the migrations, dropped at the end."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin_dsn = asyncpg_dsn(ADMIN_DATABASE_URL)
-    url = make_url(ADMIN_DATABASE_URL).set(drivername="postgresql+asyncpg", database=name)
-    url_text = url.render_as_string(hide_password=False)
-
-    async def create() -> None:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    name, url = new_database_url()
+    asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
     try:
-        with alembic_config(url_text) as config:
+        with alembic_config(url) as config:
             # Down to nothing and up again: every downgrade must undo its upgrade.
             command.upgrade(config, "head")
             command.downgrade(config, "base")
             command.upgrade(config, "head")
-        yield url_text
+        yield url
     finally:
-        asyncio.run(drop())
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 
@@ -181,6 +195,8 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
             "startup_timeout": 5.0,
 {%- if cookiecutter.use_postgres %}
             "database_url": database_url,
+            # Wherever the tests run from.
+            "alembic_config": ALEMBIC_INI,
 {%- endif %}
 {%- if cookiecutter.use_redis %}
             "redis_url": REDIS_URL,
@@ -219,6 +235,7 @@ def service_env(
         "STARTUP_TIMEOUT": "10",
 {%- if cookiecutter.use_postgres %}
         "DATABASE_URL": database_url,
+        "ALEMBIC_CONFIG": str(ALEMBIC_INI),
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         "REDIS_URL": REDIS_URL,

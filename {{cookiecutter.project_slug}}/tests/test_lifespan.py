@@ -59,6 +59,9 @@ async def test_opens_in_order_and_closes_in_reverse(
 ) -> None:
     async with app_lifespan(settings) as state:
         expected_state = {"settings", "shutdown", "metrics", "readiness_checks", *RESOURCES}
+{%- if cookiecutter.use_postgres %}
+        expected_state.add("postgres_schema")
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
         expected_state.add("tracer_provider")
 {%- endif %}

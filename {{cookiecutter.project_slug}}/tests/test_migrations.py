@@ -1,8 +1,45 @@
-"""The migrations build exactly the schema the models describe."""
+"""The migrations build exactly the schema the models describe; readiness says when the database
+is behind them; `make migrate` creates a missing database first."""
 
+import asyncio
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
 from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from httpx import AsyncClient, Response
+from sqlalchemy.engine import make_url
+from structlog.typing import EventDict
 
-from tests.conftest import alembic_config
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.readiness import NotReadyError
+from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck, read_revisions
+from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import (
+    ALEMBIC_INI,
+    PROJECT,
+    RESOURCES,
+    admin_execute,
+    alembic_config,
+    empty_database,
+    migrate,
+    new_database_url,
+    scrape,
+    serve,
+)
+from tests.servers import free_port
+
+# Every migration, in the order `alembic upgrade` applies them, as Alembic itself reads them.
+REVISIONS = [
+    script.revision
+    for script in reversed(list(ScriptDirectory.from_config(Config(ALEMBIC_INI)).walk_revisions()))
+]
+PROBES = 3
 
 
 def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -11,3 +48,181 @@ def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
     # alembic revision --autogenerate -m "what changed"
     with alembic_config(database_url) as config:
         command.check(config)
+
+
+def schema_events(events: list[EventDict]) -> list[EventDict]:
+    return [event for event in events if event["event"].startswith("resource.migrations_")]
+
+
+async def probe(client: AsyncClient) -> tuple[list[Response], float]:
+    """PROBES readiness answers (each a check of its own, with READINESS_CACHE_SECONDS=0), and
+    resource_up of postgres after them."""
+    responses = [await client.get("/health/ready") for _ in range(PROBES)]
+    return responses, (await scrape(client)).value("resource_up", resource="postgres")
+
+
+async def test_readiness_is_503_naming_the_pending_migrations_until_they_run(
+    make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    async with empty_database() as url:
+        settings = make_settings(database_url=url, readiness_cache_seconds=0)
+        async with serve(create_app(settings)) as client:
+            behind, up_behind = await probe(client)
+            await asyncio.to_thread(migrate, url)
+            migrated, up_migrated = await probe(client)
+
+    assert [response.status_code for response in behind] == [503] * PROBES
+    body = behind[-1].json()
+    assert body["status"] == "unavailable"
+    assert body["resources"]["postgres"]["status"] == "unavailable"
+    assert body["resources"]["postgres"]["error"] == f"pending migrations: {', '.join(REVISIONS)}"
+    others = {name: body["resources"][name]["status"] for name in RESOURCES if name != "postgres"}
+    assert others == dict.fromkeys(others, "ok")
+    # Then the same app, without a restart.
+    assert [response.status_code for response in migrated] == [200] * PROBES
+    assert (up_behind, up_migrated) == (0, 1)
+    # Once each, however many probes.
+    logged = schema_events(events)
+    assert [(event["event"], event["log_level"]) for event in logged] == [
+        ("resource.migrations_pending", "warning"),
+        ("resource.migrations_current", "info"),
+    ]
+    assert (logged[0]["pending"], logged[0]["applied"]) == (REVISIONS, [])
+    assert logged[1]["heads"] == [REVISIONS[-1]]
+
+
+async def test_without_the_schema_check_readiness_only_pings(
+    make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    async with empty_database() as url:
+        settings = make_settings(database_url=url, db_schema_check=False)
+        async with serve(create_app(settings)) as client:
+            ready = await client.get("/health/ready")
+
+    assert ready.status_code == 200
+    assert schema_events(events) == []
+
+
+async def test_a_database_migrated_by_a_newer_release_keeps_readiness_up(
+    make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    # During a rolling update the new release's migrations run before its pods start: the old
+    # pods find a revision they do not know, and must keep serving until they are replaced.
+    async with empty_database() as url:
+        await asyncio.to_thread(migrate, url)
+        await admin_execute("UPDATE alembic_version SET version_num = 'f00dcafe'", url)
+        settings = make_settings(database_url=url, readiness_cache_seconds=0)
+        async with serve(create_app(settings)) as client:
+            ahead, up_ahead = await probe(client)
+
+    assert [response.status_code for response in ahead] == [200] * PROBES
+    assert up_ahead == 1
+    logged = schema_events(events)
+    assert [(event["event"], event["log_level"]) for event in logged] == [
+        ("resource.migrations_unknown", "warning")
+    ]
+    assert logged[0]["unknown"] == ["f00dcafe"]
+
+
+def alembic_graph(config: Config) -> dict[str, tuple[str, ...]]:
+    """Each revision and those it follows, as Alembic reads them."""
+    return {
+        script.revision: follows(script.down_revision)
+        for script in ScriptDirectory.from_config(config).walk_revisions()
+    }
+
+
+def follows(down_revision: str | Sequence[str] | None) -> tuple[str, ...]:
+    if isinstance(down_revision, str):
+        return (down_revision,)
+    return tuple(down_revision or ())
+
+
+async def test_a_role_that_cannot_read_the_applied_migrations_is_not_ready(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    role, password = f"noread_{new_database_url()[0]}", "s3cret-role"
+    await admin_execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    try:
+        url = make_url(database_url).set(username=role, password=password)
+        settings = make_settings(database_url=url.render_as_string(hide_password=False))
+        async with serve(create_app(settings)) as client:
+            ready = await client.get("/health/ready")
+    finally:
+        await admin_execute(f'DROP ROLE "{role}"')
+
+    assert ready.status_code == 503
+    assert ready.json()["resources"]["postgres"]["error"] == "InsufficientPrivilegeError"
+
+
+def test_the_service_reads_the_migrations_as_alembic_does(tmp_path: Path) -> None:
+    # The project's migrations, then a branch and its merge: head -> (b1 -> b2, c1) -> m1.
+    shutil.copy(ALEMBIC_INI, tmp_path)
+    shutil.copytree(PROJECT / "migrations", tmp_path / "migrations")
+    config = Config(tmp_path / "alembic.ini")
+    head = REVISIONS[-1]
+    command.revision(config, "b1", rev_id="b1", head=head)
+    command.revision(config, "b2", rev_id="b2", head="b1")
+    command.revision(config, "c1", rev_id="c1", head=head, splice=True)
+    branched, branched_by_alembic = read_revisions(tmp_path / "alembic.ini"), alembic_graph(config)
+    command.merge(config, "heads", message="m1", rev_id="m1")
+    merged, merged_by_alembic = read_revisions(tmp_path / "alembic.ini"), alembic_graph(config)
+
+    assert branched == branched_by_alembic
+    assert SchemaCheck(branched).heads == {"b2", "c1"}
+    assert merged == merged_by_alembic
+    check = SchemaCheck(merged)
+    assert check.heads == {"m1"}
+    # In an order they can be applied in: the merge last.
+    with pytest.raises(NotReadyError, match=r"^pending migrations: (b2, c1|c1, b2), m1$"):
+        check.compare(["b1"])
+    with pytest.raises(NotReadyError, match=r"^pending migrations: m1$"):
+        check.compare(["b2", "c1"])
+    check.compare(["m1"])
+
+
+def create_database(database_url: str) -> subprocess.CompletedProcess[str]:
+    """scripts/create_database.py, as `make migrate` runs it."""
+    return subprocess.run(
+        [sys.executable, "scripts/create_database.py"],
+        cwd=PROJECT,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_missing_database_is_created_once(tmp_path: Path) -> None:
+    name, url = new_database_url()
+    try:
+        first, second = create_database(url), create_database(url)
+        migrate(url)
+    finally:
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    assert (first.returncode, first.stderr) == (0, "")
+    assert first.stdout.startswith(f"created database '{name}' on ")
+    assert (second.returncode, second.stderr) == (0, "")
+    assert second.stdout.startswith(f"found database '{name}' on ")
+
+
+def test_a_database_that_cannot_be_created_is_one_line_and_exit_1() -> None:
+    name, url = new_database_url()
+    role, password = f"nocreatedb_{name}", "s3cret-role"
+    unreachable = make_url(url).set(port=free_port()).render_as_string(hide_password=False)
+    unprivileged = make_url(url).set(username=role, password=password)
+    asyncio.run(admin_execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
+    try:
+        refused = create_database(unreachable)
+        denied = create_database(unprivileged.render_as_string(hide_password=False))
+    finally:
+        asyncio.run(admin_execute(f'DROP ROLE "{role}"'))
+
+    for result in (refused, denied):
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr.startswith(f"cannot create database '{name}' on ")
+        assert result.stderr.count("\n") == 1
+        assert password not in result.stderr
+    assert "permission denied to create database" in denied.stderr

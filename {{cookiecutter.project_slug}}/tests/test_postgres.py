@@ -5,7 +5,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -371,28 +371,68 @@ async def test_connections_a_restart_dropped_never_reach_a_request(
     assert len(opened) == pooled
 
 
+@asynccontextmanager
+async def statements_logged(server: PrivatePostgres) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """With every statement in the server's log: a function returning the log from the moment
+    it is called (and then, from the last call)."""
+    admin = await asyncpg.connect(asyncpg_dsn(server.url))
+    await admin.execute("ALTER DATABASE postgres SET log_statement = 'all'")
+    position = await asyncio.to_thread(server.log_position)
+
+    async def since() -> str:
+        nonlocal position
+        log = await asyncio.to_thread(server.log_since, position)
+        position = await asyncio.to_thread(server.log_position)
+        return log
+
+    try:
+        yield since
+    finally:
+        await admin.execute("ALTER DATABASE postgres RESET log_statement")
+        await admin.close()
+
+
+def statements(log: str) -> list[str]:
+    return re.findall(r"LOG:  (?:statement|execute [^:]*): (.*)", log)
+
+
 async def test_a_read_sends_the_server_three_statements_and_no_ping(
     private_server: PrivatePostgres, make_settings: Callable[..., Settings]
 ) -> None:
     # What reaches the server, from its own statement log. pool_pre_ping would add three
     # statements (BEGIN, a ping, ROLLBACK) to every request that checks out a pooled connection.
-    admin = await asyncpg.connect(asyncpg_dsn(private_server.url))
-    await admin.execute("ALTER DATABASE postgres SET log_statement = 'all'")
-    try:
-        settings = make_settings(database_url=private_server.url, db_pool_size=1, db_max_overflow=0)
-        async with serve(create_app(settings)) as client:
-            note_id = (await client.post("/notes", json={"text": "x"})).json()["id"]
-            await client.get(f"/notes/{note_id}")  # the pooled connection prepares the SELECT
-            position = await asyncio.to_thread(private_server.log_position)
-            for _ in range(3):
-                assert (await client.get(f"/notes/{note_id}")).status_code == 200
-            log = await asyncio.to_thread(private_server.log_since, position)
-    finally:
-        await admin.execute("ALTER DATABASE postgres RESET log_statement")
-        await admin.close()
+    settings = make_settings(database_url=private_server.url, db_pool_size=1, db_max_overflow=0)
+    async with statements_logged(private_server) as log, serve(create_app(settings)) as client:
+        note_id = (await client.post("/notes", json={"text": "x"})).json()["id"]
+        await client.get(f"/notes/{note_id}")  # the pooled connection prepares the SELECT
+        await log()
+        for _ in range(3):
+            assert (await client.get(f"/notes/{note_id}")).status_code == 200
+        reads = statements(await log())
 
-    statements = re.findall(r"LOG:  (?:statement|execute [^:]*): (\S+)", log)
-    assert statements == ["BEGIN;", "SELECT", "COMMIT;"] * 3
+    assert [statement.split()[0] for statement in reads] == ["BEGIN;", "SELECT", "COMMIT;"] * 3
+
+
+async def test_a_readiness_check_sends_the_server_three_statements(
+    private_server: PrivatePostgres, make_settings: Callable[..., Settings]
+) -> None:
+    # The check of the schema reads the applied migrations instead of a `SELECT 1`: no round
+    # trip more than a bare ping.
+    settings = make_settings(
+        database_url=private_server.url,
+        db_pool_size=1,
+        db_max_overflow=0,
+        readiness_cache_seconds=0,
+    )
+    async with statements_logged(private_server) as log, serve(create_app(settings)) as client:
+        assert (await client.get("/health/ready")).status_code == 200  # prepares the statement
+        await log()
+        for _ in range(3):
+            assert (await client.get("/health/ready")).status_code == 200
+        checks = statements(await log())
+
+    one_check = ["BEGIN;", "SELECT version_num FROM alembic_version", "ROLLBACK;"]
+    assert checks == one_check * 3
 
 
 async def test_a_full_pool_answers_503_rather_than_queueing(

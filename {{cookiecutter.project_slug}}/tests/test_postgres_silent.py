@@ -17,7 +17,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import DbSession
 from {{ cookiecutter.package_name }}.models import Note
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import LIFESPAN_RESOURCES, assert_answered_unavailable, serve
+from tests.conftest import LIFESPAN_RESOURCES, assert_answered_unavailable, migrate, serve
 from tests.processes import (
     closing_events,
     finish,
@@ -170,6 +170,7 @@ def test_requests_cut_off_inside_connect_log_no_password(
 ) -> None:
     password = "s3cret-in-connect"
     with private_postgres(password=password) as server, tcp_proxy(server.port) as proxy:
+        migrate(server.url)
         service_env |= {
             "DATABASE_URL": make_url(server.url)
             .set(port=proxy.port)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 {%- endif %}
 
 {% if cookiecutter.use_postgres -%}
-from tests.conftest import ADMIN_DATABASE_URL, LIFESPAN_RESOURCES, asyncpg_dsn
+from tests.conftest import LIFESPAN_RESOURCES, admin_execute, asyncpg_dsn, migrate
 {%- else -%}
 from tests.conftest import LIFESPAN_RESOURCES
 {%- endif %}
@@ -144,20 +144,17 @@ def role_with_password(database_url: str, password: str) -> Iterator[str]:
     """`database_url` as a role of its own that logs in with `password`: on a server that
     checks passwords (CI's PostgreSQL container) as well as on one that trusts local clients."""
     role = f"test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(asyncpg_dsn(ADMIN_DATABASE_URL))
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
+    asyncio.run(admin_execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
+    # All the service reads to be ready: the migrations applied (see DB_SCHEMA_CHECK).
+    grant = f'GRANT SELECT ON alembic_version TO "{role}"'
+    asyncio.run(admin_execute(grant, database_url))
     try:
         url = make_url(database_url).set(username=role, password=password)
         yield url.render_as_string(hide_password=False)
     finally:
-        asyncio.run(admin(f'DROP ROLE "{role}"'))
+        revoke = f'REVOKE ALL ON alembic_version FROM "{role}"'
+        asyncio.run(admin_execute(revoke, database_url))
+        asyncio.run(admin_execute(f'DROP ROLE "{role}"'))
 {%- endif %}
 
 
@@ -244,6 +241,7 @@ def test_a_wrong_database_password_is_a_500_whose_traceback_has_no_password(
 ) -> None:
     # A server that checks passwords, started with the service's password, changed under it.
     with private_postgres(password="s3cret-before") as server:
+        migrate(server.url)
         service_env["DATABASE_URL"] = server.url
         with running("python -m", service_env, tmp_path) as service:
             wait_until_ready(service, service_env["PORT"])

@@ -32,6 +32,7 @@ from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavaila
 {% endif -%}
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.postgres import is_outage as is_postgres_outage
+from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck
 {% endif -%}
 
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -72,6 +73,13 @@ async def _postgres(request: Request) -> AsyncEngine:
 
 
 Postgres = Annotated[AsyncEngine, Depends(_postgres)]
+
+
+async def _postgres_schema(request: Request) -> SchemaCheck | None:
+    return cast(SchemaCheck | None, request.state.postgres_schema)
+
+
+PostgresSchema = Annotated[SchemaCheck | None, Depends(_postgres_schema)]
 
 
 async def _db_session(engine: Postgres) -> AsyncIterator[AsyncSession]:

@@ -49,6 +49,9 @@ from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
 from {{ cookiecutter.package_name }}.resources.redis import connection_counts as redis_connections
 from {{ cookiecutter.package_name }}.resources.redis import open_redis
 {% endif -%}
+{% if cookiecutter.use_postgres -%}
+from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck, schema_check
+{% endif -%}
 {% if cookiecutter.use_opentelemetry -%}
 from {{ cookiecutter.package_name }}.resources.tracing import (
     export_spans,
@@ -80,6 +83,8 @@ class State(TypedDict):
     metrics: CollectorRegistry
 {%- if cookiecutter.use_postgres %}
     postgres: AsyncEngine
+    # What readiness compares the database with; None with DB_SCHEMA_CHECK=false.
+    postgres_schema: SchemaCheck | None
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     redis: Redis
@@ -132,6 +137,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- endif %}
         shutdown = await stack.enter_async_context(drain_on_sigterm(settings.drain_seconds))
 {%- if cookiecutter.use_postgres %}
+        postgres_schema = await schema_check(settings)
         postgres = await stack.enter_async_context(open_postgres(settings, deadline))
 {%- endif %}
 {%- if cookiecutter.use_redis %}
@@ -170,6 +176,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             "shutdown": shutdown,
 {%- if cookiecutter.use_postgres %}
             "postgres": postgres,
+            "postgres_schema": postgres_schema,
 {%- endif %}
 {%- if cookiecutter.use_redis %}
             "redis": redis,

@@ -25,7 +25,20 @@ class CheckResult:
     finished_at: float
 
 
+{%- if cookiecutter.use_postgres %}
+
+
+class NotReadyError(Exception):
+    """A resource that answers but cannot serve this code yet (a database behind its
+    migrations). The message is the reason /health/ready shows: it must hold nothing secret."""
+{%- endif %}
+
+
 def _error_name(exc: Exception) -> str:
+{%- if cookiecutter.use_postgres %}
+    if isinstance(exc, NotReadyError):
+        return str(exc)
+{%- endif %}
     # A driver's error is often wrapped (SQLAlchemy's around asyncpg's, ours around both):
     # the innermost one says what happened.
     while exc.__cause__ is not None and isinstance(exc.__cause__, Exception):

@@ -1,6 +1,9 @@
 """Settings, read once from the environment (and `.env`) and validated before anything opens."""
 {%- set typing_names = ["Annotated", "Literal"] + (["Self"] if cookiecutter.use_postgres else []) %}
 
+{% if cookiecutter.use_postgres -%}
+from pathlib import Path
+{% endif -%}
 from typing import {{ typing_names | join(", ") }}
 {%- if cookiecutter.use_redis %}
 from urllib.parse import urlsplit
@@ -20,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 {%- if cookiecutter.use_postgres %}
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 {%- endif %}
 
@@ -112,6 +115,12 @@ class Settings(BaseSettings):
     db_command_timeout: Seconds = 3.0
     # The most connections this process may hold; see README "Operating it" for the sizing rule.
     db_connection_budget: int = Field(default=50, ge=1)
+    # /health/ready answers 503 while a migration shipped with the service (those of
+    # ALEMBIC_CONFIG) is not applied to the database. false: the schema is managed otherwise.
+    db_schema_check: bool = True
+    # The alembic.ini of those migrations; a relative path starts from the working directory,
+    # as for the `alembic` command, which reads the same variable.
+    alembic_config: Path = Path("alembic.ini")
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 
@@ -154,9 +163,40 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read the settings, or exit with one line naming every bad variable."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise SystemExit(describe_invalid_settings(exc)) from None
+{%- if cookiecutter.use_postgres %}
+    # Checked once here, at startup, rather than by the model: validating stays free of I/O.
+    if settings.db_schema_check and not settings.alembic_config.is_file():
+        raise SystemExit(
+            f"invalid settings: ALEMBIC_CONFIG: no file {settings.alembic_config} (from"
+            f" {Path.cwd()}): point it at the alembic.ini of the service's migrations, or set"
+            " DB_SCHEMA_CHECK=false"
+        )
+{%- endif %}
+    return settings
+{%- if cookiecutter.use_postgres %}
+
+
+class DatabaseSettings(BaseSettings):
+    """DATABASE_URL alone, from the environment or `.env`, read as the service reads it: for the
+    migrations and scripts/create_database.py, which must not demand every other required
+    variable (REDIS_URL, ...)."""
+
+    model_config = Settings.model_config
+
+    database_url: PostgresUrl
+
+
+def load_database_url() -> URL:
+    """DATABASE_URL, or exit with one line saying what is wrong with it (never its value)."""
+    try:
+        settings = DatabaseSettings()
+    except ValidationError as exc:
+        raise SystemExit(describe_invalid_settings(exc)) from None
+    return make_url(settings.database_url.get_secret_value())
+{%- endif %}
 
 
 def describe_invalid_settings(exc: ValidationError) -> str:

@@ -9,12 +9,16 @@ from typing import Literal, Self
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 {%- set dependencies = (["HttpClient"] if cookiecutter.use_http_client else [])
-    + (["Postgres"] if cookiecutter.use_postgres else [])
+    + (["Postgres", "PostgresSchema"] if cookiecutter.use_postgres else [])
     + ["ReadinessChecks"]
     + (["RedisClient"] if cookiecutter.use_redis else [])
     + ["Shutdown"] %}
 
-from {{ cookiecutter.package_name }}.dependencies import {{ dependencies | join(", ") }}
+from {{ cookiecutter.package_name }}.dependencies import (
+{%- for name in dependencies %}
+    {{ name }},
+{%- endfor %}
+)
 from {{ cookiecutter.package_name }}.readiness import CheckResult, Ping
 {%- if cookiecutter.use_http_client %}
 from {{ cookiecutter.package_name }}.resources.http_client import ping as ping_http_client
@@ -74,6 +78,7 @@ async def ready(
     shutdown: Shutdown,
 {%- if cookiecutter.use_postgres %}
     postgres: Postgres,
+    postgres_schema: PostgresSchema,
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     redis: RedisClient,
@@ -88,7 +93,7 @@ async def ready(
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
     pings: dict[str, Ping] = {
 {%- if cookiecutter.use_postgres %}
-        "postgres": partial(ping_postgres, postgres),
+        "postgres": partial(ping_postgres, postgres, postgres_schema),
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         "redis": partial(ping_redis, redis),

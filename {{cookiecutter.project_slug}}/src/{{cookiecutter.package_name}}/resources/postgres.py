@@ -25,6 +25,7 @@ from {{ cookiecutter.package_name }}.resources.lifecycle import (
     describe,
     lifecycle,
 )
+from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck, applied_revisions
 from {{ cookiecutter.package_name }}.settings import Settings
 
 POOL_NAME = "postgres"
@@ -33,9 +34,15 @@ POOL_NAME = "postgres"
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 
 
-async def ping(engine: AsyncEngine) -> None:
+async def ping(engine: AsyncEngine, schema: SchemaCheck | None = None) -> None:
+    """One statement: `SELECT 1`, or with `schema` the read of the applied migrations in its
+    place, which it then compares (NotReadyError while the database is behind them)."""
     async with engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
+        if schema is None:
+            await connection.execute(text("SELECT 1"))
+            return
+        applied = await applied_revisions(connection)
+    schema.compare(applied)
 
 
 def connection_counts(engine: AsyncEngine) -> ConnectionCounts:
