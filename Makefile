@@ -34,8 +34,7 @@ demo: demo-prepare
 ## Everything `make demo` does before the service starts: the project's own quick start, with
 ## uv. `make migrate` creates the database of .env's DATABASE_URL (my_service) when missing.
 demo-prepare: bake
-	cd $(DEMO) && $(BIN)/uv venv --quiet --python $(BIN)/python .venv
-	cd $(DEMO) && $(BIN)/uv pip install --python .venv/bin/python -e '.[dev]'
+	$(MAKE) -C $(DEMO) install VENV=.venv UV=$(BIN)/uv PYTHON=$(BIN)/python
 	cp $(DEMO)/.env.example $(DEMO)/.env
 	$(MAKE) -C $(DEMO) migrate VENV=.venv
 

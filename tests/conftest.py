@@ -29,6 +29,8 @@ def load_project_servers() -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclasses look their module up while it runs (postponed annotations).
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
