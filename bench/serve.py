@@ -79,6 +79,10 @@ def start_apps(
         app_python, app_project = traced if app == "traced" else (python, project)
         argv: list[str | Path] = [app_python.parent / "uvicorn", f"{module}:app"]
         argv += ["--app-dir", APPS, "--port", str(ports[app]), "--lifespan", lifespan, *UVICORN]
+        if app == "upstream":
+            # Longer than any pause of a client under callgrind: uvicorn's 5 s default would
+            # close a kept-alive connection as the slowed-down client reuses it (a 502).
+            argv += ["--timeout-keep-alive", "300"]
         started[app] = group.start(app, argv, env=envs.get(app, {}), cwd=app_project)
     for app, process in started.items():
         wait_for_status(urls[app] + READY_PATHS.get(app, "/health/ready"), process, timeout=30)
