@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
@@ -152,6 +156,45 @@ def run_step(name: str, argv: Sequence[str | Path], cwd: Path, env: Mapping[str,
         output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         return StepResult(name, -1, f"{output}\n[timed out after {timeout:.0f}s]")
     return StepResult(name, completed.returncode, completed.stdout)
+
+
+@contextmanager
+def process(
+    argv: Sequence[str | Path], env: Mapping[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process with its output in `log`, stopped with SIGTERM (then killed) at the end."""
+    with log.open("wb") as output:
+        started = subprocess.Popen(
+            [str(arg) for arg in argv], env=dict(env), cwd=cwd, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        yield started
+    finally:
+        started.send_signal(signal.SIGTERM)
+        try:
+            started.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            started.kill()
+            started.wait()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (127.0.0.1 only)
+        return json.load(response)
+
+
+def psql(url: str, sql: str) -> str:
+    """Run `sql` with psql against the libpq URL `url`; its output, stripped."""
+    completed = subprocess.run(
+        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"psql failed: {sql}\n{completed.stderr}")
+    return completed.stdout.strip()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import container_engine
-from conftest import FIGURES_PROPERTY, Baker, StepResult, project_servers, run_step
+from conftest import FIGURES_PROPERTY, Baker, StepResult, project_servers, psql, run_step
 from container_engine import DockerEngine
 from test_bake import CASES, RESOURCES, Case
 from test_deploy_files import dockerfile_instructions, load_yaml
@@ -176,19 +175,6 @@ def pod_from_manifest(project: Path) -> Pod:
 def libpq_url(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(scheme=parts.scheme.split("+")[0]))
-
-
-def psql(url: str, sql: str) -> str:
-    completed = subprocess.run(
-        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"psql failed: {sql}\n{completed.stderr}")
-    return completed.stdout
 
 
 @contextlib.contextmanager

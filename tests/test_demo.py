@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import TEMPLATE_DIR, Baker, project_servers, run_step
+from conftest import TEMPLATE_DIR, Baker, project_servers, psql, run_step
 
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 README_ADDRESS = "localhost:8000"
@@ -48,18 +48,6 @@ def database_url(name: str) -> str:
     """The URL of database `name` on the server of ADMIN_DATABASE_URL, for libpq (psql)."""
     parts = urlsplit(ADMIN_DATABASE_URL)
     return urlunsplit(parts._replace(scheme=parts.scheme.split("+")[0], path=f"/{name}"))
-
-
-def psql(url: str, sql: str) -> str:
-    completed = subprocess.run(
-        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, f"psql failed: {sql}\n{completed.stderr}"
-    return completed.stdout.strip()
 
 
 def ready(port: int) -> bool:

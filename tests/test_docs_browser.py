@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import browser
 import container_engine
-from conftest import Baker, ProjectVenv, project_servers
+from conftest import Baker, ProjectVenv, get_json, process, project_servers
 
 # A name, as a deployment has, rather than localhost or 127.0.0.1: Swagger UI behaves differently
 # for those in places. The browser resolves it to 127.0.0.1 and no other name at all.
@@ -61,26 +56,6 @@ FETCH_ELSEWHERE = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css
 FETCH_ELSEWHERE_JS = f"fetch({json.dumps(FETCH_ELSEWHERE)}).then(() => 'loaded', () => 'refused')"
 
 
-@contextmanager
-def service(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as output:
-        started = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        yield started
-    finally:
-        started.send_signal(signal.SIGTERM)
-        try:
-            started.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            started.kill()
-            started.wait()
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (127.0.0.1 only)
-        return json.load(response)
-
-
 def is_live(url: str) -> bool:
     try:
         return get_json(url)["status"] == "ok"
@@ -111,7 +86,7 @@ def test_docs_render_in_a_browser_that_reaches_only_the_service(
     }
     profile = tmp_path / "chromium-profile"  # new and empty
     profile.mkdir()
-    with service([str(venv.bin / "python"), "-m", "my_service"], env, tmp_path / "service.log") as started:
+    with process([str(venv.bin / "python"), "-m", "my_service"], env, tmp_path / "service.log") as started:
         project_servers.wait_until(
             lambda: is_live(f"http://127.0.0.1:{port}/health/live") or started.poll() is not None,
             timeout=30,

@@ -6,43 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 from urllib.parse import urlsplit, urlunsplit
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import Baker, ProjectVenv, project_servers, run_step
+from conftest import Baker, ProjectVenv, get_json, process, project_servers, run_step
 
 SCRAPE_INTERVAL = "1s"
-
-
-@contextmanager
-def process(
-    argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as output:
-        started = subprocess.Popen(argv, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        yield started
-    finally:
-        started.send_signal(signal.SIGTERM)
-        try:
-            started.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            started.kill()
-            started.wait()
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (127.0.0.1 only)
-        return json.load(response)
 
 
 def poll(check: Callable[[], object], *, within: float, message: str) -> object:
