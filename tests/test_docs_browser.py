@@ -83,10 +83,13 @@ def test_docs_render_in_a_browser_that_reaches_only_the_service(
         "PORT": str(port),
         "DATABASE_URL": scram_postgres_url,
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        # The server's own database, never migrated: the docs need no schema.
+        "DB_SCHEMA_CHECK": "false",
     }
     profile = tmp_path / "chromium-profile"  # new and empty
     profile.mkdir()
-    with process([str(venv.bin / "python"), "-m", "my_service"], env, tmp_path / "service.log") as started:
+    argv = [str(venv.bin / "python"), "-m", "my_service"]
+    with process(argv, env, tmp_path / "service.log", cwd=project) as started:
         project_servers.wait_until(
             lambda: is_live(f"http://127.0.0.1:{port}/health/live") or started.poll() is not None,
             timeout=30,
