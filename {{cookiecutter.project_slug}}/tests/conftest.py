@@ -296,7 +296,7 @@ def blockbuster() -> Iterator[BlockBuster]:
 @pytest.fixture
 def worker_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the app handed to a worker thread during the test. FastAPI runs a plain `def`
-    endpoint or dependency there: a thread round trip on every request, ~20% of a Redis GET."""
+    endpoint or dependency there: a thread round trip on every request."""
     calls: list[str] = []
     run_sync = anyio.to_thread.run_sync
 

@@ -1,8 +1,7 @@
 """Typed dependencies that hand routes what the lifespan opened (via `request.state`).
 
 The accessors are `async def` although they never await: FastAPI runs a plain `def` dependency
-in a worker thread, and that round trip cost ~20% of a Redis GET request in the template's
-benchmark.
+in a worker thread, a round trip through the thread pool on every request.
 """
 
 {% if cookiecutter.use_postgres -%}
