@@ -2,7 +2,7 @@
 the per-request connection pattern and a plain asyncio loop; time its startup, its shutdown and
 the template.
 
-    python bench/run.py                    # the full run (~20 minutes): `make bench`
+    python bench/run.py                    # the full run (~25 minutes): `make bench`
     python bench/run.py --quick            # a ~8 minute smoke run: `make bench BENCH_ARGS=--quick`
     python bench/run.py --template-suite   # also time the template's `make test`
 
