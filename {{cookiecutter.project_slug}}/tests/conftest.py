@@ -4,7 +4,7 @@ DATABASE_URL (an admin URL: the run creates its own database and drops it) and R
 from the environment and default to the local servers.
 """
 
-{% if cookiecutter.use_postgres -%}
+{% if cookiecutter.use_postgres or cookiecutter.use_http_client -%}
 import asyncio
 {% endif -%}
 import os
@@ -32,6 +32,9 @@ import pytest
 import redis
 {% endif -%}
 import structlog
+{%- if cookiecutter.use_http_client %}
+import uvloop
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 from alembic import command
 from alembic.config import Config
@@ -280,6 +283,18 @@ BLOCKING_ALLOWED_IN: list[tuple[str, set[str]]] = [
     ("migrations/env.py", {"run_migrations"}),
 {%- endif %}
 ]
+{%- if cookiecutter.use_http_client %}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The tests run on asyncio's own loop, the service on uvloop (uvicorn takes it when it is
+    installed): the HTTP client's transport, which drives its sockets itself, runs on both."""
+    if item.path.name == "test_http_transport.py":
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+{%- endif %}
 
 
 @pytest.fixture(autouse=True)

@@ -101,11 +101,14 @@ def _accepts_connections(port: int) -> bool:
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
-    """Answers every GET with the path and headers it received, as JSON."""
+    """Answers every GET with the path and headers it received, as JSON; sets a cookie on
+    every path that ends in /set-cookie."""
 
     def do_GET(self) -> None:
         body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
         self.send_response(200)
+        if self.path.endswith("/set-cookie"):
+            self.send_header("Set-Cookie", "session=first-caller; Path=/")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -243,6 +246,16 @@ class MisbehavingUpstream:
         /cut              promises a 100-byte body, sends 10 bytes and closes the connection
         /trickle/N/MS     200 with an N-byte body, one byte every MS milliseconds
         /stream           a chunked body: the first chunk at once, the last after `release()`
+        /eof              200 with neither length nor chunks: the body ends as it closes
+        /close            200 with `Connection: close`, and closes
+        /bye              reads the request, closes without an answer
+        /garbage          answers with bytes that are not HTTP
+        /continue         100 Continue, then the 200 of /ok
+        /empty            204, no body
+        /ok-then-hang-up  the 200 of /ok; the next request on the connection is read and closed
+                          unanswered, as a server whose keep-alive timeout ends just then does
+        /ok-then-close    the 200 of /ok, then closes, as a keep-alive timeout does
+        /upload           reads a chunked request body, answers with its length
     """
 
     def __init__(self) -> None:
@@ -286,11 +299,15 @@ class MisbehavingUpstream:
 
     def _serve(self, connection: socket.socket) -> None:
         reader = connection.makefile("rb")
+        hang_up = False
         try:
-            while (path := self._read_head(reader)) is not None and self._answer(
-                connection, reader, path
-            ):
-                pass
+            while (request := self._read_head(reader)) is not None and not hang_up:
+                method, path = request
+                hang_up = path == "/ok-then-hang-up"
+                if method == "HEAD":  # the head of /ok, without its body
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+                elif not self._answer(connection, reader, path):
+                    break
         except OSError:
             pass
         finally:
@@ -300,21 +317,55 @@ class MisbehavingUpstream:
             connection.close()
 
     @staticmethod
-    def _read_head(reader: Any) -> str | None:
-        """The path of the next request, its head read; None once the client has closed."""
+    def _read_head(reader: Any) -> tuple[str, str] | None:
+        """The method and path of the next request, its head read; None once the client has
+        closed."""
         request_line = reader.readline()
         if not request_line:
             return None
         while reader.readline() not in (b"\r\n", b""):
             pass
-        path: str = request_line.split()[1].decode()
-        return path
+        method, path, _ = request_line.decode().split()
+        return method, path
 
     def _answer(self, connection: socket.socket, reader: Any, path: str) -> bool:
         """Answer as `path` asks; whether the connection may take another request."""
         step = path.strip("/").split("/")
-        if step[0] == "ok":
-            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        if step[0] in ("ok", "ok-then-hang-up"):
+            connection.sendall(ok)
+            return True
+        if step[0] == "ok-then-close":
+            connection.sendall(ok)
+            return False
+        if step[0] == "eof":
+            connection.sendall(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+            return False
+        if step[0] == "close":
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+            )
+            return False
+        if step[0] == "bye":
+            return False
+        if step[0] == "garbage":
+            connection.sendall(b"SPDY/9 banana\r\n\r\n")
+            return False
+        if step[0] == "continue":
+            connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + ok)
+            return True
+        if step[0] == "empty":
+            connection.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+            return True
+        if step[0] == "upload":
+            received = 0
+            while size := int(reader.readline(), 16):
+                received += len(reader.read(size))
+                reader.readline()
+            reader.readline()  # the empty trailer section
+            length = str(received).encode()
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(length)
+            connection.sendall(head + length)
             return True
         if step[0] == "large":
             size = int(step[1])

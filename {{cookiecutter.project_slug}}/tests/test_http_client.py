@@ -46,10 +46,19 @@ class ImportRecorder(importlib.abc.MetaPathFinder):
         self.names.append(name)
 
 
+async def test_a_cookie_one_call_gets_is_not_sent_with_the_next(client: AsyncClient) -> None:
+    # The client is shared by every request the service serves: each may be another user's.
+    await client.get("/upstream/echo/set-cookie")
+    response = await client.get("/upstream/echo/after")
+
+    upstream_saw = json.loads(response.json()["body"])
+    assert upstream_saw["path"] == "/echo/after"
+    assert "cookie" not in {name.lower() for name in upstream_saw["headers"]}
+
+
 async def test_a_call_imports_nothing(client: AsyncClient) -> None:
     # An import that is not in sys.modules yet searches sys.path on the event loop: fine once,
-    # costly on every call (httpcore looks for sniffio per request, and it is a dependency so
-    # that the look succeeds).
+    # costly on every call (httpx's own transport looked for sniffio on each, through httpcore).
     await client.get("/upstream/echo/first")
     recorder = ImportRecorder()
     sys.meta_path.insert(0, recorder)

@@ -304,3 +304,125 @@ async def test_a_tls_handshake_never_answered_is_a_connect_timeout(open_client: 
 
     assert raised is httpx.ConnectTimeout
     assert TIMEOUT <= seconds < TIMEOUT + SLACK
+
+
+async def test_a_body_that_ends_with_the_connection_arrives_whole(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url) as client:
+        response = await client.get("/eof")
+        again = await client.get("/ok")
+
+    assert (response.content, again.content) == (b"until the end", b"ok")
+    assert upstream.accepted == 2
+
+
+async def test_a_connection_the_upstream_closes_is_not_reused(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url) as client:
+        # Said in the response, or done after it (a keep-alive timeout ending while idle).
+        closing = await client.get("/close")
+        closed = await client.get("/ok-then-close")
+        await async_wait_until(
+            holds(lambda: upstream.open_connections == 0), within=5, message="still open"
+        )
+        after = await client.get("/ok")
+
+    assert [r.content for r in (closing, closed, after)] == [b"ok"] * 3
+    assert upstream.accepted == 3
+
+
+@pytest.mark.parametrize("path", ["/bye", "/garbage"])
+async def test_no_http_answer_is_a_remote_protocol_error(
+    open_client: OpenClient, upstream: MisbehavingUpstream, path: str
+) -> None:
+    async with open_client(upstream.url) as client:
+        raised, _ = await failure(client.get(path))
+
+    assert raised is httpx.RemoteProtocolError
+
+
+async def test_responses_without_a_body_leave_the_connection_reusable(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url) as client:
+        # HEAD is answered with the length a GET's body would have, and no body.
+        responses = [
+            await client.head("/ok"),
+            await client.get("/empty"),
+            await client.get("/continue"),
+            await client.get("/ok"),
+        ]
+
+    assert [(r.status_code, r.content) for r in responses] == [
+        (200, b""),
+        (204, b""),
+        (200, b"ok"),
+        (200, b"ok"),
+    ]
+    assert upstream.accepted == 1
+
+
+async def test_a_streamed_request_body_is_sent_in_chunks(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for size in (1, 1000, 100_000):
+            yield b"x" * size
+
+    async with open_client(upstream.url) as client:
+        response = await client.post("/upload", content=body())
+
+    assert response.content == b"101001"
+
+
+async def test_a_header_that_would_split_the_request_is_refused(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(upstream.url) as client:
+        raised, _ = await failure(client.get("/ok", headers={"x-note": "a\r\nx-injected: 1"}))
+
+    assert raised is httpx.LocalProtocolError
+
+
+async def test_a_cancelled_call_gives_its_connection_back(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(
+        upstream.url, http_client_max_connections=1, http_client_pool_timeout=TIMEOUT
+    ) as client:
+        hanging = asyncio.create_task(client.get("/hang"))
+        await async_wait_until(
+            holds(lambda: upstream.open_connections == 1), within=5, message="no connection"
+        )
+        hanging.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
+        response = await client.get("/ok")
+
+    assert response.content == b"ok"
+    assert upstream.accepted == 2  # the cancelled call's connection was in an unknown state
+
+
+@pytest.mark.parametrize(("method", "sent_again"), [("GET", True), ("POST", False)])
+async def test_a_safe_call_the_upstream_hangs_up_on_is_sent_once_more(
+    make_settings: Callable[..., Settings],
+    upstream: MisbehavingUpstream,
+    method: str,
+    sent_again: bool,
+) -> None:
+    # A server closes an idle connection (its keep-alive timeout) just as the next request goes
+    # out on it. httpx's own transport raises RemoteProtocolError or ReadError then; the service's
+    # sends a request that is safe to repeat once more, on a new connection.
+    settings = make_settings(http_client_base_url=upstream.url)
+    async with open_http_client(settings, asyncio.get_running_loop().time() + 5) as client:
+        await client.get("/ok-then-hang-up")
+        call = client.request(method, "/ok")
+        if sent_again:
+            assert (await call).content == b"ok"
+        else:
+            raised, _ = await failure(call)
+            assert issubclass(raised, (httpx.RemoteProtocolError, httpx.ReadError))
+
+    assert upstream.accepted == (2 if sent_again else 1)
