@@ -13,8 +13,10 @@ from types import ModuleType
 
 import pytest
 from httpx import AsyncClient
+from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.resources.http_client import open_http_client
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import scrape, serve
 from tests.processes import running, wait_until_ready
@@ -44,6 +46,26 @@ class ImportRecorder(importlib.abc.MetaPathFinder):
         self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> None:
         self.names.append(name)
+
+
+async def test_each_call_is_logged_once_without_its_query(
+    make_settings: Callable[..., Settings], upstream_url: str, events: list[EventDict]
+) -> None:
+    settings = make_settings(http_client_base_url=upstream_url)
+    async with open_http_client(settings, asyncio.get_running_loop().time() + 5) as client:
+        await client.get("/echo/logged", params={"token": "not-for-logs"})
+
+    calls = [event for event in events if event["event"] == "http_client.response"]
+    assert calls == [
+        {
+            "event": "http_client.response",
+            "log_level": "info",
+            "method": "GET",
+            "host": "127.0.0.1",
+            "path": "/echo/logged",
+            "status": 200,
+        }
+    ]
 
 
 async def test_a_cookie_one_call_gets_is_not_sent_with_the_next(client: AsyncClient) -> None:

@@ -62,6 +62,9 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(
             f"http://127.0.0.1:{service_env['PORT']}/health/live",
             headers={"X-Request-ID": "from-the-test"},
         )
+{%- if cookiecutter.use_http_client %}
+        upstream = httpx.get(url(service_env, "/upstream/echo/call"))
+{%- endif %}
         service.process.send_signal(signal.SIGTERM)
         returncode, stdout, stderr = finish(service)
 
@@ -77,9 +80,15 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(
     loggers = {line["logger"] for line in lines if "logger" in line}
     assert loggers <= {"uvicorn.error"}, loggers
     requests = [line for line in lines if line["event"] == "http.request"]
-    assert {"path": "/health/live", "status": 200, "request_id": "from-the-test"}.items() <= (
-        requests[-1].items()
-    )
+    [live] = [line for line in requests if line["path"] == "/health/live"]
+    assert {"status": 200, "request_id": "from-the-test"}.items() <= live.items()
+{%- if cookiecutter.use_http_client %}
+    # The outgoing call: our line, httpx's own (with the query string) not at all.
+    assert upstream.status_code == 200
+    [call] = [line for line in lines if line["event"] == "http_client.response"]
+    assert {"path": "/echo/call", "status": 200}.items() <= call.items()
+    assert call["request_id"] == requests[-1]["request_id"]
+{%- endif %}
 
 
 @pytest.mark.parametrize("probe_log_level", [None, "INFO"], ids=["default", "PROBE_LOG_LEVEL=INFO"])

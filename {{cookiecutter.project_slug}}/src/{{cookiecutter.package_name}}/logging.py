@@ -102,3 +102,7 @@ def configure_logging(log_format: Literal["json", "console"], log_level: str) ->
     # would only repeat it without one.
     logging.getLogger("uvicorn.access").handlers = []
     logging.getLogger("uvicorn.access").propagate = False
+{%- if cookiecutter.use_http_client %}
+    # The HTTP client logs each call itself (http_client.response), without the query string.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+{%- endif %}
