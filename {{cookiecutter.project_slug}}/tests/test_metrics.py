@@ -8,10 +8,22 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, generate_latest
+from starlette.routing import Route
 
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.metrics import KNOWN_METHODS
+from {{ cookiecutter.package_name }}.metrics import (
+    ACTIVE_REQUESTS_HELP,
+    ACTIVE_REQUESTS_LABELS,
+    ACTIVE_REQUESTS_NAME,
+    KNOWN_METHODS,
+    REQUEST_DURATION_BUCKETS,
+    REQUEST_DURATION_HELP,
+    REQUEST_DURATION_LABELS,
+    REQUEST_DURATION_NAME,
+    UNMATCHED_ROUTE,
+    _InProcessRequestMetrics,
+)
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RESOURCES, Scrape, scrape, serve
 from tests.processes import finish, running, url, wait_until_ready
@@ -102,6 +114,65 @@ async def test_requests_in_flight_are_counted_until_they_answer(settings: Settin
         after = await in_flight()
 
     assert (alone, during, after) == (1, 2, 1)
+
+
+async def endpoint() -> None:
+    pass
+
+
+ITEM_ROUTE = Route("/items/{item_id}", endpoint)
+# (method, route, status code, seconds): on a bucket's bound, either side of one, beyond the
+# last, an unknown method, an unmatched path, a client gone before the answer (no status).
+REQUESTS = [
+    ("GET", ITEM_ROUTE, 200, 0.005),
+    ("GET", ITEM_ROUTE, 200, 0.0050001),
+    ("GET", ITEM_ROUTE, 200, 0.0),
+    ("GET", ITEM_ROUTE, 200, 0.3),
+    ("GET", ITEM_ROUTE, 200, 10.0),
+    ("GET", ITEM_ROUTE, 200, 42.5),
+    ("GET", ITEM_ROUTE, 404, 0.02),
+    ("POST", ITEM_ROUTE, 201, 1.25),
+    ("BREW", ITEM_ROUTE, 405, 0.001),
+    ("GET", None, 404, 0.002),
+    ("GET", ITEM_ROUTE, None, 0.7),
+]
+
+
+def test_in_process_metrics_render_as_prometheus_client_would() -> None:
+    """The recorder a single-process service uses in place of prometheus-client's Histogram
+    and Gauge, against those, fed the same requests."""
+    expected = CollectorRegistry()
+    duration = Histogram(
+        REQUEST_DURATION_NAME,
+        REQUEST_DURATION_HELP,
+        REQUEST_DURATION_LABELS,
+        buckets=REQUEST_DURATION_BUCKETS,
+        registry=expected,
+    )
+    active = Gauge(
+        ACTIVE_REQUESTS_NAME, ACTIVE_REQUESTS_HELP, ACTIVE_REQUESTS_LABELS, registry=expected
+    )
+    recorder = _InProcessRequestMetrics()
+    rendered = CollectorRegistry()
+    rendered.register(recorder)
+
+    unfinished = ("PUT", ITEM_ROUTE, 200, 0.1)  # still in flight at the scrape
+    for method, *_ in [*REQUESTS, unfinished]:
+        label = method if method in KNOWN_METHODS else "_OTHER"
+        active.labels(label).inc()
+        assert recorder.started(method) == label
+    for method, route, status, seconds in REQUESTS:
+        label = method if method in KNOWN_METHODS else "_OTHER"
+        active.labels(label).dec()
+        if status is not None:
+            path = route.path if route is not None else UNMATCHED_ROUTE
+            duration.labels(label, path, str(status)).observe(seconds)
+        recorder.finished(label, route, status, seconds)
+
+    assert generate_latest(rendered).decode() == generate_latest(expected).decode()
+    # Not one family empty by chance: both hold every series above.
+    assert 'http_route="unmatched"' in generate_latest(rendered).decode()
+    assert 'http_request_method="_OTHER"' in generate_latest(rendered).decode()
 
 
 async def registry_value(name: str, **labels: str) -> float:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
-from {{ cookiecutter.package_name }}.metrics import MetricsMiddleware
+from {{ cookiecutter.package_name }}.metrics import request_metrics
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
 {%- if cookiecutter.use_postgres %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_body_bytes,
         probe_log_level=settings.probe_log_level,
+        metrics=request_metrics() if settings.metrics_enabled else None,
     )
     # The probes' routes go first, on the app itself: they are the most frequent requests, and
     # every route before them, and an included router's own routing layer (FastAPI >= 0.137),
@@ -83,8 +84,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(upstream.router)
 {%- endif %}
     if settings.metrics_enabled:
-        # Added after the request middleware, so around it: it times the whole request.
-        app.add_middleware(MetricsMiddleware)
         # The last router: each is a routing layer of its own, which every request to a route
         # after it pays for; a scrape every few seconds can pay that instead.
         app.include_router(metrics.router)
