@@ -137,7 +137,7 @@ def test_make_install_refuses_a_stale_lock_and_make_upgrade_relocks(baker: Baker
     # A floor raised to the locked version: the versions still fit, but the lock no longer
     # records what pyproject.toml asks.
     pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('"fastapi>=0.121"', f'"fastapi>={fastapi}"'))
+    pyproject.write_text(pyproject.read_text().replace('"fastapi>=0.142"', f'"fastapi>={fastapi}"'))
     stale = run_step("make install", [*make, "install"], cwd=project, env=env, timeout=600)
     upgraded = run_step(
         "make upgrade",
