@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from my_service.lifespan import State, lifespan
+from my_service.logging import configure_logging
 from my_service.models import Note
 from my_service.settings import load_settings
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,7 +52,11 @@ async def orm_read(request: Request) -> Response:
 
 @asynccontextmanager
 async def libraries_lifespan(app: Starlette) -> AsyncIterator[State]:
-    async with lifespan(app, settings=load_settings()) as state:
+    settings = load_settings()
+    # As main.py does: the client's line per call (http_client.response) is the service's JSON
+    # line, not structlog's default console rendering.
+    configure_logging(settings.log_format, settings.log_level)
+    async with lifespan(app, settings=settings) as state:
         gc.unfreeze()
         yield state
 
