@@ -311,10 +311,11 @@ class MisbehavingUpstream:
         except OSError:
             pass
         finally:
-            with self._lock:
-                self._open.discard(connection)
             reader.close()
             connection.close()
+            # Only once closed: a test that waits for the count sees the connection gone.
+            with self._lock:
+                self._open.discard(connection)
 
     @staticmethod
     def _read_head(reader: Any) -> tuple[str, str] | None:

@@ -15,6 +15,8 @@ A name with several addresses is tried one address after the other (uvloop's cre
 races none), all within the connect timeout.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import re
@@ -45,7 +47,7 @@ class _Connection(asyncio.Protocol):
     """One TCP connection to an origin, and the response being received on it. The parser is
     fed as bytes arrive; the caller waits for `_progress` (the head, body bytes, the end)."""
 
-    def __init__(self, pool: "_Pool", origin: Origin) -> None:
+    def __init__(self, pool: _Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
         self.transport: asyncio.Transport
