@@ -14,6 +14,7 @@ PYTHON_VERSION = {{ cookiecutter.python_version | tojson }}
 FILES_BY_RESOURCE = {
     "postgres": [
         PACKAGE / "resources" / "postgres.py",
+        PACKAGE / "resources" / "postgres_pool.py",
         PACKAGE / "api" / "notes.py",
         PACKAGE / "models.py",
         PACKAGE / "resources" / "schema.py",

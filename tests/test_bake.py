@@ -48,6 +48,7 @@ RESOURCES: dict[str, Resource] = {
         flag="use_postgres",
         files=(
             "src/{package}/resources/postgres.py",
+            "src/{package}/resources/postgres_pool.py",
             "src/{package}/api/notes.py",
             "src/{package}/models.py",
             "src/{package}/resources/schema.py",

@@ -10,7 +10,8 @@ middleware, whose routes make one library call each and answer an empty 200.
 
 bench/run.py also serves it under load: the libraries' own latency at the same concurrency, the
 floor under the service's routes. The service's lifespan freezes its startup objects (out of the
-garbage collector's way); this app undoes that, to run the libraries as anyone would.
+garbage collector's way) and gives its PostgreSQL pool a first-come queue; this app undoes both,
+to run the libraries as anyone would.
 """
 
 import gc
@@ -20,8 +21,10 @@ from contextlib import asynccontextmanager
 from my_service.lifespan import State, lifespan
 from my_service.logging import configure_logging
 from my_service.models import Note
+from my_service.resources.postgres_pool import MeteredPool
 from my_service.settings import load_settings
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util.queue import AsyncAdaptedQueue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,6 +51,10 @@ async def orm_read(request: Request) -> Response:
         await session.get(Note, request.path_params["note_id"])
         await session.commit()
     return Response()
+
+
+# SQLAlchemy's own queue for an asyncio pool, in place of the service's FirstComeQueue.
+MeteredPool._queue_class = AsyncAdaptedQueue
 
 
 @asynccontextmanager

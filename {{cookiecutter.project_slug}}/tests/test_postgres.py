@@ -18,12 +18,15 @@ from fastapi import FastAPI, HTTPException
 from httpx import AsyncClient
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import DbSession, Postgres
+from {{ cookiecutter.package_name }}.metrics import DB_POOL_PENDING, POOL_LABELS
 from {{ cookiecutter.package_name }}.models import Note
+from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import (
     ADMIN_DATABASE_URL,
@@ -557,3 +560,78 @@ async def test_pool_figures_follow_held_connections_waits_and_timeouts(
     assert grew("db_client_connection_wait_time_seconds_bucket", **pool, le="0.25") >= 1
     assert grew("db_client_connection_wait_time_seconds_bucket", **pool, le="+Inf") >= 2
     assert grew("db_client_connection_wait_time_seconds_sum", **pool) >= 0.5
+
+
+def pool_waiters() -> float:
+    """Requests waiting for a pooled connection, as the metric counts them."""
+    (family,) = DB_POOL_PENDING.collect()
+    labels = dict.fromkeys(POOL_LABELS, "postgres")
+    (waiting,) = [sample.value for sample in family.samples if sample.labels == labels]
+    return waiting
+
+
+@asynccontextmanager
+async def open_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    deadline = asyncio.get_running_loop().time() + settings.startup_timeout
+    async with open_postgres(settings, deadline) as engine:
+        yield engine
+
+
+def start_using(engine: AsyncEngine, served: list[str], name: str) -> asyncio.Task[None]:
+    """A task that checks out a connection, notes `name` in `served`, and gives it back."""
+
+    async def use() -> None:
+        async with engine.connect():
+            served.append(name)
+
+    return asyncio.create_task(use(), name=name)
+
+
+async def line_up(engine: AsyncEngine, served: list[str], name: str) -> asyncio.Task[None]:
+    """`start_using`, returning once the task waits for the pool."""
+    waiting = pool_waiters()
+    task = start_using(engine, served, name)
+
+    async def in_line() -> bool:
+        return pool_waiters() == waiting + 1
+
+    await async_wait_until(in_line, within=5, message=f"{name} never waited for the pool")
+    return task
+
+
+async def test_connections_go_to_requests_in_the_order_they_waited(
+    make_settings: Callable[..., Settings],
+) -> None:
+    served: list[str] = []
+    async with open_engine(make_settings(db_pool_size=1, db_max_overflow=0)) as engine:
+        holder = await engine.connect()
+        waiters = [await line_up(engine, served, f"waiter {n}") for n in range(3)]
+        # Asks as the connection comes back, before the waiter that wakes has run: SQLAlchemy's
+        # own asyncio queue gave it the connection and sent that waiter to the end of the line.
+        newcomer = start_using(engine, served, "newcomer")
+        await holder.close()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*waiters, newcomer)
+    assert served == ["waiter 0", "waiter 1", "waiter 2", "newcomer"]
+
+
+async def test_a_connection_handed_to_a_cancelled_request_goes_to_the_next(
+    make_settings: Callable[..., Settings],
+) -> None:
+    pool_timeout = 5.0
+    settings = make_settings(db_pool_size=1, db_max_overflow=0, db_pool_timeout=pool_timeout)
+    served: list[str] = []
+    async with open_engine(settings) as engine:
+        holder = await engine.connect()
+        first = await line_up(engine, served, "first")
+        second = await line_up(engine, served, "second")
+        await holder.close()  # hands the connection to the first in line...
+        first.cancel()  # ...cancelled (a client gone, a deadline) before it could run
+        # Well before the second's pool timeout: it does not wait for a connection now lost.
+        async with asyncio.timeout(pool_timeout / 2):
+            await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    assert served == ["second"]
+    assert checked_out == 0

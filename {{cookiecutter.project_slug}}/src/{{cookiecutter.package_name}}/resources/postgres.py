@@ -1,6 +1,5 @@
 """PostgreSQL: one pooled SQLAlchemy async engine (asyncpg driver) for the whole process."""
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -12,23 +11,17 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from {{ cookiecutter.package_name }}.metrics import (
-    DB_POOL_PENDING,
-    DB_POOL_TIMEOUTS,
-    DB_POOL_WAIT,
-    ConnectionCounts,
-)
+from {{ cookiecutter.package_name }}.metrics import ConnectionCounts
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     describe,
     lifecycle,
 )
+from {{ cookiecutter.package_name }}.resources.postgres_pool import MeteredPool
 from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck, applied_revisions
 from {{ cookiecutter.package_name }}.settings import Settings
-
-POOL_NAME = "postgres"
 
 # A server that answers but will not serve: shutting down, crashed, starting up, full.
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
@@ -48,35 +41,6 @@ async def ping(engine: AsyncEngine, schema: SchemaCheck | None = None) -> None:
 def connection_counts(engine: AsyncEngine) -> ConnectionCounts:
     pool = cast(MeteredPool, engine.pool)
     return ConnectionCounts(used=pool.checkedout(), idle=pool.checkedin(), limit=pool.limit)
-
-
-class MeteredPool(AsyncAdaptedQueuePool):
-    """SQLAlchemy's pool, timing each wait for a connection: SQLAlchemy counts the connections
-    (read at scrape time) but not who waits, nor for how long."""
-
-    # SQLAlchemy names a pool's logger after its class: under our package it would log its
-    # INFO chatter ("Pool disposed", ...) at our LOG_LEVEL rather than at SQLAlchemy's WARNING.
-    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.limit = self.size() + kwargs["max_overflow"]
-        # Looked up once: labels() costs more than the observations on every checkout.
-        self._pending = DB_POOL_PENDING.labels(POOL_NAME)
-        self._timeouts = DB_POOL_TIMEOUTS.labels(POOL_NAME)
-        self._wait = DB_POOL_WAIT.labels(POOL_NAME)
-
-    def connect(self) -> PoolProxiedConnection:
-        self._pending.inc()
-        started = time.perf_counter()
-        try:
-            return super().connect()
-        except PoolTimeoutError:
-            self._timeouts.inc()
-            raise
-        finally:
-            self._pending.dec()
-            self._wait.observe(time.perf_counter() - started)
 
 
 def is_outage(exc: BaseException) -> bool:
