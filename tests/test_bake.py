@@ -9,6 +9,7 @@ flag values (see SUITE_FLAGS).
 from __future__ import annotations
 
 import ast
+import hashlib
 import itertools
 import json
 import re
@@ -176,7 +177,7 @@ TEMPLATE_MARKERS = ("{{", "{%", "%}")
 # GitHub Actions expressions look like Jinja; they are the only braces allowed, and only there.
 GITHUB_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
 # Tool caches and the like, should a checked project ever contain them.
-IGNORED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+IGNORED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis"}
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,13 @@ class Baked:
 def baked(request: pytest.FixtureRequest, baker: Baker, tmp_path_factory: pytest.TempPathFactory) -> Baked:
     case: Case = request.param
     return Baked(case, baker.bake(tmp_path_factory.mktemp(case.id), case.context))
+
+
+def contents(baked: Baked) -> dict[str, str]:
+    """Each file of the project (tool caches aside), by its path, with a digest of its bytes."""
+    return {
+        str(path.relative_to(baked.project)): hashlib.sha256(path.read_bytes()).hexdigest() for path in baked.files()
+    }
 
 
 def read_text(path: Path) -> str | None:
@@ -371,13 +379,19 @@ def test_project_checks_pass(
     if not installed.ok:
         pytest.fail(installed.report(), pytrace=False)
 
+    files_before = contents(Baked(case, project))
     results = [venv.run(name, argv, cwd=project) for name, argv in PROJECT_CHECKS]
-    if case.enabled == frozenset(RESOURCES) and case.project_name is None:
-        # Twice in a row: the second run meets whatever the first one left behind.
-        results.append(venv.run("pytest, second run", PROJECT_CHECKS[-1][1], cwd=project))
     failed = [result for result in results if not result.ok]
     if failed:
         pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
+    # Nothing is left for the next run to meet: the project's files are as they were (tool
+    # caches aside), and what its tests write elsewhere is their run's own (a new database and
+    # Redis key prefix, dropped by its conftest at the end).
+    files_after = contents(Baked(case, project))
+    changed = sorted(
+        path for path in files_before.keys() | files_after.keys() if files_before.get(path) != files_after.get(path)
+    )
+    assert not changed, f"the checks left, changed or removed files in the project: {changed}"
     leaks = [
         f"{result.name}: {sign!r}"
         for result in results

@@ -30,46 +30,37 @@ def require(result: StepResult) -> StepResult:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("context", [ALL_ON, ALL_OFF], ids=["all-on", "all-off"])
-def test_pre_commit_hooks_and_make_lint_pass(context: dict[str, bool], baker: Baker, tmp_path: Path) -> None:
+def test_uv_sync_then_pre_commit_hooks_and_make_lint_pass(context: dict[str, bool], baker: Baker, tmp_path: Path) -> None:
     project = baker.bake(tmp_path / "out", context)
-    venv = ProjectVenv(tmp_path / "venv")
-    require(venv.create(project))
+    # Where `uv sync` puts the venv, and where the Makefile looks for it by default.
+    venv = ProjectVenv(project / ".venv")
+    (tmp_path / "tmp").mkdir()
     # The hooks find the tools on the venv's PATH; pre-commit keeps its state out of $HOME.
-    env = venv.env() | {"PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+    env = venv.env() | {
+        "TMPDIR": str(tmp_path / "tmp"),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+        "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
+    }
+    lock = (project / "uv.lock").read_text()
 
+    sync = [find_uv_bin(), "sync", "--locked", "--python", sys.executable]
+    require(run_step("uv sync --locked", sync, cwd=project, env=env, timeout=600))
     require(run_step("git init", [*GIT, "init", "-q"], cwd=project, env=env, timeout=60))
     require(run_step("git add -A", [*GIT, "add", "-A"], cwd=project, env=env, timeout=60))
     hooks = require(
         run_step("pre-commit", [venv.bin / "pre-commit", "run", "--all-files"], cwd=project, env=env, timeout=300)
     )
-    lint = require(run_step("make lint", ["make", "lint", f"VENV={venv.path}"], cwd=project, env=env, timeout=300))
-
-    # Every hook ran on files ("Skipped" would mean it matched none) and passed.
-    lines = hooks.output.splitlines()
-    for name in HOOK_NAMES:
-        assert any(line.startswith(f"{name}.") and line.endswith("Passed") for line in lines), hooks.output
-    for command in LINT_COMMANDS:
-        assert f"{venv.bin}/{command}" in lint.output, lint.output
-
-
-@pytest.mark.slow
-def test_uv_sync_installs_the_dev_tools_the_makefile_uses(baker: Baker, tmp_path: Path) -> None:
-    project = baker.bake(tmp_path / "out", ALL_ON)
-    # Where `uv sync` puts the venv, and where the Makefile looks for it by default.
-    venv = ProjectVenv(project / ".venv")
-    (tmp_path / "tmp").mkdir()
-    env = venv.env() | {"TMPDIR": str(tmp_path / "tmp"), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-
-    lock = (project / "uv.lock").read_text()
-
-    sync = [find_uv_bin(), "sync", "--locked", "--python", sys.executable]
-    require(run_step("uv sync --locked", sync, cwd=project, env=env, timeout=600))
     lint = require(run_step("make lint", ["make", "lint"], cwd=project, env=env, timeout=300))
     collected = require(
         run_step("pytest --collect-only", [venv.bin / "pytest", "--collect-only", "-q"], cwd=project, env=env, timeout=120)
     )
 
     assert (project / "uv.lock").read_text() == lock, "installed from the baked lock, unchanged"
+    # Every hook ran on files ("Skipped" would mean it matched none) and passed.
+    lines = hooks.output.splitlines()
+    for name in HOOK_NAMES:
+        assert any(line.startswith(f"{name}.") and line.endswith("Passed") for line in lines), hooks.output
     # The dev dependency group brought the dev extra: its tools ran from .venv.
     for command in LINT_COMMANDS:
         assert f".venv/bin/{command}" in lint.output, lint.output
