@@ -33,11 +33,12 @@ FILES_BY_RESOURCE = {
     ],
     "http_client": [
         PACKAGE / "resources" / "http_client.py",
-        PACKAGE / "resources" / "http_transport.py",
+        PACKAGE / "resources" / "aiohttp_transport.py",
         PACKAGE / "api" / "upstream.py",
         Path("tests") / "test_http_client.py",
         Path("tests") / "test_http_client_silent.py",
         Path("tests") / "test_http_transport.py",
+        Path("tests") / "test_http_proxies.py",
     ],
     "opentelemetry": [
         PACKAGE / "resources" / "tracing.py",

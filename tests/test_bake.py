@@ -80,14 +80,15 @@ RESOURCES: dict[str, Resource] = {
         flag="use_http_client",
         files=(
             "src/{package}/resources/http_client.py",
-            "src/{package}/resources/http_transport.py",
+            "src/{package}/resources/aiohttp_transport.py",
             "src/{package}/api/upstream.py",
             "tests/test_http_client.py",
             "tests/test_http_client_silent.py",
             "tests/test_http_transport.py",
+            "tests/test_http_proxies.py",
         ),
-        dependencies=("httpx",),
-        modules=("httpx",),
+        dependencies=("httpx", "aiohttp", "yarl"),
+        modules=("httpx", "aiohttp", "yarl"),
     ),
     "opentelemetry": Resource(
         flag="use_opentelemetry",

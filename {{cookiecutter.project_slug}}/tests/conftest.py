@@ -271,6 +271,11 @@ BLOCKING_ALLOWED_IN: list[tuple[str, set[str]]] = [
     # The first file served looks its media type up in the system's tables (/etc/mime.types),
     # which Python reads once per process.
     ("mimetypes.py", {"init"}),
+{%- if cookiecutter.use_http_client %}
+    # The tests build their settings inside the event loop (the service reads its own before
+    # the loop starts): HTTP_CLIENT_CA_BUNDLE's check that the file exists.
+    ("tests/conftest.py", {"make"}),
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
     # Creating an app detects its tracing resource attributes in a thread pool and waits for it:
     # once per process, before it serves (the tests create their apps inside the event loop).

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -148,9 +148,10 @@ class Certificates:
     key: Path
 
 
-def make_certificates(directory: Path) -> Certificates:
-    """Made with the openssl command line program, as a CA and a server certificate that
-    Python's strict verification (3.13's VERIFY_X509_STRICT) accepts."""
+def make_certificates(directory: Path, names: tuple[str, ...] = ()) -> Certificates:
+    """Made with the openssl command line program, as a CA and a server certificate (for
+    127.0.0.1 and the DNS `names`) that Python's strict verification (3.13's VERIFY_X509_STRICT)
+    accepts."""
     openssl = shutil.which("openssl")
     if openssl is None:
         cannot_start("openssl is not installed: cannot make a TLS certificate")
@@ -159,7 +160,7 @@ def make_certificates(directory: Path) -> Certificates:
     certificate, key = directory / "server.pem", directory / "server.key"
     request, extensions = directory / "server.csr", directory / "server.ext"
     extensions.write_text(
-        "subjectAltName=IP:127.0.0.1\n"
+        f"subjectAltName={','.join(['IP:127.0.0.1', *(f'DNS:{name}' for name in names)])}\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\n"
@@ -180,10 +181,15 @@ def make_certificates(directory: Path) -> Certificates:
 
 
 @contextmanager
-def https_upstream(certificates: Certificates) -> Iterator[str]:
-    """The echoing upstream, over TLS with `certificates`; yields its https URL."""
+def https_upstream(
+    certificates: Certificates, server_names: list[str | None] | None = None
+) -> Iterator[str]:
+    """The echoing upstream, over TLS with `certificates`; yields its https URL. Each TLS
+    handshake's server name (SNI) is added to `server_names`."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certificates.certificate, certificates.key)
+    if server_names is not None:
+        context.sni_callback = lambda _socket, name, _context: server_names.append(name)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -194,6 +200,101 @@ def https_upstream(certificates: Certificates) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on plain sockets, as HTTP_PROXY and HTTPS_PROXY name one: a request
+    in absolute form (`GET http://host/path`) is passed on to its host, a CONNECT opens a tunnel.
+    `seen` lists each request line with its Proxy-Authorization header (or None). A name in
+    `hosts` connects to the address given there, so a test can give a made-up name an address.
+    A thread per connection; `close` ends them all."""
+
+    def __init__(self, hosts: dict[str, str]) -> None:
+        self.hosts = hosts
+        self.seen: list[tuple[str, str | None]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._keep(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _serve(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                received = client.recv(65536)
+                if not received:
+                    return
+                head += received
+            head, _, rest = head.partition(b"\r\n\r\n")
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, target, version = request_line.split()
+            authorization = next(
+                (
+                    line.partition(":")[2].strip()
+                    for line in header_lines
+                    if line.lower().startswith("proxy-authorization:")
+                ),
+                None,
+            )
+            with self._lock:
+                self.seen.append((f"{method} {target}", authorization))
+            if method == "CONNECT":
+                host, _, port = target.rpartition(":")
+                upstream = self._connect(host, int(port))
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                url = urlsplit(target)
+                upstream = self._connect(url.hostname or "", url.port or 80)
+                origin_form = url.path + (f"?{url.query}" if url.query else "")
+                kept = [line for line in header_lines if not line.lower().startswith("proxy-")]
+                forwarded = "\r\n".join([f"{method} {origin_form} {version}", *kept])
+                upstream.sendall(forwarded.encode("latin-1") + b"\r\n\r\n")
+            upstream.sendall(rest)
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+            _pipe(client, upstream)
+
+    def _connect(self, host: str, port: int) -> socket.socket:
+        upstream = socket.create_connection((self.hosts.get(host, host), port))
+        self._keep(upstream)
+        return upstream
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+def _pipe(source: socket.socket, destination: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            destination.sendall(data)
+        destination.shutdown(socket.SHUT_WR)
+
+
+@contextmanager
+def forward_proxy(hosts: dict[str, str] | None = None) -> Iterator[ForwardProxy]:
+    proxy = ForwardProxy(hosts or {})
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @contextmanager
@@ -234,6 +335,18 @@ def unaccepting_server() -> Iterator[int]:
                 filler.close()
 
 
+def _read_body(reader: Any, length: int | None) -> int:
+    """Read a request body of `length` bytes, or chunked if None; its size."""
+    if length is not None:
+        return len(reader.read(length))
+    received = 0
+    while size := int(reader.readline(), 16):
+        received += len(reader.read(size))
+        reader.readline()
+    reader.readline()  # the empty trailer section
+    return received
+
+
 class MisbehavingUpstream:
     """An HTTP/1.1 upstream on plain sockets that misbehaves as each request's path asks, for
     the HTTP client's failure tests. It counts the connections it accepted and those still open
@@ -256,6 +369,16 @@ class MisbehavingUpstream:
                           unanswered, as a server whose keep-alive timeout ends just then does
         /ok-then-close    the 200 of /ok, then closes, as a keep-alive timeout does
         /upload           reads a chunked request body, answers with its length
+        /body             reads the request body its Content-Length or chunks frame, answers
+                          with its length
+        /endless-head     a status line, then header lines without end (a bounded 64 MiB)
+        /huge             200 with a 256 MiB body, sent 64 KiB at a time as the client reads
+        /1xx-body         a 199 with a 9-byte body, then the 200 of /ok
+        /1xx-chunked      a 199 with a chunked 9-byte body, then the 200 of /ok
+        /status-099       a response with status 099, then the 200 of /ok
+
+    `requests` lists each request line read ("GET /ok"): a request smuggled in another's body
+    shows there.
     """
 
     def __init__(self) -> None:
@@ -268,6 +391,7 @@ class MisbehavingUpstream:
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.accepted = 0
+        self.requests: list[str] = []
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -302,13 +426,21 @@ class MisbehavingUpstream:
         hang_up = False
         try:
             while (request := self._read_head(reader)) is not None and not hang_up:
-                method, path = request
+                method, path, length = request
+                with self._lock:
+                    self.requests.append(f"{method} {path}")
                 hang_up = path == "/ok-then-hang-up"
                 if method == "HEAD":  # the head of /ok, without its body
                     connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+                elif path == "/body":
+                    received = _read_body(reader, length)
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d"
+                        % (len(str(received)), received)
+                    )
                 elif not self._answer(connection, reader, path):
                     break
-        except OSError:
+        except (OSError, ValueError):  # closed, or sent what is not a request
             pass
         finally:
             reader.close()
@@ -318,16 +450,19 @@ class MisbehavingUpstream:
                 self._open.discard(connection)
 
     @staticmethod
-    def _read_head(reader: Any) -> tuple[str, str] | None:
-        """The method and path of the next request, its head read; None once the client has
-        closed."""
+    def _read_head(reader: Any) -> tuple[str, str, int | None] | None:
+        """The method, path and Content-Length (None: chunked or none) of the next request, its
+        head read; None once the client has closed."""
         request_line = reader.readline()
         if not request_line:
             return None
-        while reader.readline() not in (b"\r\n", b""):
-            pass
-        method, path, _ = request_line.decode().split()
-        return method, path
+        length = None
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        method, path, _ = request_line.decode(errors="replace").split(maxsplit=2)
+        return method, path, length
 
     def _answer(self, connection: socket.socket, reader: Any, path: str) -> bool:
         """Answer as `path` asks; whether the connection may take another request."""
@@ -359,12 +494,7 @@ class MisbehavingUpstream:
             connection.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
             return True
         if step[0] == "upload":
-            received = 0
-            while size := int(reader.readline(), 16):
-                received += len(reader.read(size))
-                reader.readline()
-            reader.readline()  # the empty trailer section
-            length = str(received).encode()
+            length = str(_read_body(reader, None)).encode()
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(length)
             connection.sendall(head + length)
             return True
@@ -396,6 +526,27 @@ class MisbehavingUpstream:
             if not self._released.wait(timeout=10):
                 return False
             connection.sendall(b"4\r\nlast\r\n0\r\n\r\n")
+            return True
+        if step[0] == "huge":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % 2**28)
+            piece = b"x" * 2**16
+            for _ in range(2**12):
+                connection.sendall(piece)
+            return True
+        if step[0] == "endless-head":
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            line = b"X-Filler: " + b"x" * 54 + b"\r\n"
+            for _ in range(2**20):  # 64 MiB
+                connection.sendall(line * 16)
+            return False
+        informational = {
+            "1xx-body": b"HTTP/1.1 199 Odd\r\nContent-Length: 9\r\n\r\nINJECTED!",
+            "1xx-chunked": b"HTTP/1.1 199 Odd\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"9\r\nINJECTED!\r\n0\r\n\r\n",
+            "status-099": b"HTTP/1.1 099 Odd\r\n\r\n",
+        }
+        if step[0] in informational:
+            connection.sendall(informational[step[0]] + ok)
             return True
         connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         return True

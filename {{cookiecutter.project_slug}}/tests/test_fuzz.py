@@ -2,7 +2,7 @@
 with a server error. The service runs for real: uvicorn, its lifespan, the real servers. What
 the fuzzing once found stays pinned down by a test of its own."""
 
-{% if cookiecutter.use_postgres or cookiecutter.use_http_client -%}
+{% if cookiecutter.use_postgres -%}
 import json
 {% endif -%}
 import threading
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import schemathesis
 import uvicorn
-{%- if cookiecutter.use_postgres or cookiecutter.use_http_client %}
+{%- if cookiecutter.use_postgres %}
 from httpx import AsyncClient
 {%- endif %}
 from hypothesis import HealthCheck, settings
@@ -62,21 +62,15 @@ def base_url(settings: Settings) -> Iterator[str]:
 )
 def test_no_request_makes_the_service_fail(case: Case[Any], base_url: str) -> None:
     case.call_and_validate(base_url=base_url, checks=[not_a_server_error])
-{%- if cookiecutter.use_postgres or cookiecutter.use_http_client %}
+{%- if cookiecutter.use_postgres %}
 
 
 @pytest.mark.parametrize(
     ("method", "url", "body"),
     [
-{%- if cookiecutter.use_postgres %}
         ("POST", "/notes", {"text": "a\x00b"}),  # PostgreSQL text cannot hold NUL
         ("GET", f"/notes/{2**31}", None),  # beyond the integer id column
         ("POST", "/notes", {"text": "\ud800"}),  # a lone surrogate: no UTF-8 for it
-{%- endif %}
-{%- if cookiecutter.use_http_client %}
-        ("GET", "/upstream/%0D", None),  # httpx sends no control characters
-        ("GET", "/upstream//host:port/x", None),  # read as an authority, with a bad port
-{%- endif %}
     ],
 )
 async def test_what_fuzzing_found_is_refused_with_a_422(

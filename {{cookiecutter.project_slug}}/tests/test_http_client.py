@@ -20,7 +20,7 @@ from {{ cookiecutter.package_name }}.resources.http_client import open_http_clie
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import scrape, serve
 from tests.processes import running, wait_until_ready
-from tests.servers import async_wait_until, free_port, silent_server
+from tests.servers import async_wait_until, free_port, misbehaving_upstream, silent_server
 
 
 async def test_the_upstream_is_called_with_the_request_id(
@@ -208,6 +208,25 @@ def get_as_written(port: str, path: str) -> tuple[int, bytes]:
         connection.close()
 
 
+# Each would reach the upstream with a query, a fragment or a path parameter of the caller's
+# making if the route sent its path as it reads decoded, or a dot segment by `..;`.
+PATHS_SMUGGLING_MORE = {
+    "items%3Fadmin=true%26limit=100000": "/api/items%3Fadmin%3Dtrue%26limit%3D100000",
+    "items%23top": "/api/items%23top",
+    "a%2Fb": "/api/a/b",
+    "a;jsessionid=1": "/api/a%3Bjsessionid%3D1",
+    "a%3Bv=2/b": "/api/a%3Bv%3D2/b",
+    "a%25%33%46b": "/api/a%253Fb",
+    "..;/admin": None,
+    "a/..;/admin": None,
+    "%2e%2e;x/admin": None,
+    ".;/admin": None,
+    # Once found by fuzzing: a control character, and what reads as an authority.
+    "%0D": "/api/%0D",
+    "/host:port/x": "/api/host%3Aport/x",
+}
+
+
 def test_no_path_leads_the_upstream_call_out_of_the_base_url(
     service_env: dict[str, str], upstream_url: str, tmp_path: Path
 ) -> None:
@@ -216,13 +235,41 @@ def test_no_path_leads_the_upstream_call_out_of_the_base_url(
     outcomes: dict[str, tuple[int, str | None]] = {}
     with running("python -m", service_env, tmp_path) as service:
         wait_until_ready(service, service_env["PORT"])
-        for path in PATHS_OUT_OF_THE_BASE_URL:
+        for path in [*PATHS_OUT_OF_THE_BASE_URL, *PATHS_SMUGGLING_MORE]:
             status, body = get_as_written(service_env["PORT"], f"/upstream/{path}")
             reached = json.loads(json.loads(body)["body"])["path"] if status == 200 else None
             outcomes[path] = (status, reached)
 
-    # Refused before any call, whatever the upstream would have made of it.
-    assert outcomes == dict.fromkeys(PATHS_OUT_OF_THE_BASE_URL, (400, None))
+    # Refused before any call, whatever the upstream would have made of it; or sent as exactly
+    # one path under the base URL, with no query, fragment or parameter of the caller's.
+    assert outcomes == dict.fromkeys(PATHS_OUT_OF_THE_BASE_URL, (400, None)) | {
+        path: (400, None) if reached is None else (200, reached)
+        for path, reached in PATHS_SMUGGLING_MORE.items()
+    }
+
+
+def resident_megabytes(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
+    return int(kilobytes) / 1024
+
+
+def test_a_huge_upstream_body_costs_no_memory(service_env: dict[str, str], tmp_path: Path) -> None:
+    with (
+        misbehaving_upstream() as upstream,
+        running(
+            "python -m", {**service_env, "HTTP_CLIENT_BASE_URL": upstream.url}, tmp_path
+        ) as service,
+    ):
+        wait_until_ready(service, service_env["PORT"])
+        assert get_as_written(service_env["PORT"], "/upstream/ok")[0] == 200
+        before = resident_megabytes(service.process.pid)
+        status, body = get_as_written(service_env["PORT"], "/upstream/huge")
+        after = resident_megabytes(service.process.pid)
+
+    # The route returns the body's first 1,000 characters and reads little more of its 256 MiB.
+    assert (status, json.loads(body)["body"]) == (200, "x" * 1000)
+    assert after - before < 16, f"{before:.0f} MB -> {after:.0f} MB"
 
 
 @pytest.mark.parametrize("path", ["a/b.txt", "a..b", "a/..b/c."])

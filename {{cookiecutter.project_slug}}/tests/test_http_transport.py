@@ -80,7 +80,6 @@ def open_client(
             ),
             limits=httpx.Limits(
                 max_connections=settings.http_client_max_connections,
-                max_keepalive_connections=settings.http_client_max_keepalive_connections,
                 keepalive_expiry=settings.http_client_keepalive_expiry,
             ),
         ) as client:
@@ -231,18 +230,21 @@ async def test_no_more_connections_than_the_limit_and_they_are_reused(
     assert upstream.accepted == limit
 
 
-async def test_idle_connections_beyond_the_keepalive_limit_are_closed(
-    open_client: OpenClient, upstream: MisbehavingUpstream
+async def test_idle_connections_close_after_the_keepalive_expiry(
+    make_settings: Callable[..., Settings], upstream: MisbehavingUpstream
 ) -> None:
-    async with open_client(
-        upstream.url, http_client_max_connections=4, http_client_max_keepalive_connections=1
-    ) as client:
+    # What bounds the idle connections a burst leaves (httpx's own transport closes them only at
+    # its next call; the service's client has no count limit on them): aiohttp closes each once
+    # idle for the expiry, without a further call.
+    expiry = 0.3
+    settings = make_settings(http_client_base_url=upstream.url, http_client_keepalive_expiry=expiry)
+    async with open_http_client(settings, asyncio.get_running_loop().time() + 5) as client:
         responses = await asyncio.gather(*(client.get("/trickle/1/100") for _ in range(4)))
         opened = upstream.accepted
         await async_wait_until(
-            holds(lambda: upstream.open_connections == 1),
+            holds(lambda: upstream.open_connections == 0),
             within=5,
-            message="the idle connections beyond the keep-alive limit stayed open",
+            message="idle connections stayed open past the keep-alive expiry",
         )
 
     assert [response.status_code for response in responses] == [200] * 4
@@ -431,3 +433,101 @@ async def test_a_safe_call_the_upstream_hangs_up_on_is_sent_once_more(
             assert issubclass(raised, (httpx.RemoteProtocolError, httpx.ReadError))
 
     assert upstream.accepted == (2 if sent_again else 1)
+
+
+async def test_an_endless_response_head_fails_fast(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    # httpx's own transport gives up at 100 KiB of head, the service's after 128 header lines.
+    async with open_client(upstream.url) as client:
+        raised, seconds = await failure(client.get("/endless-head"))
+
+    assert raised is httpx.RemoteProtocolError
+    assert seconds < SLACK
+
+
+@pytest.mark.parametrize("path", ["/1xx-body", "/1xx-chunked", "/status-099"])
+async def test_a_body_on_an_informational_response_never_reaches_the_final_one(
+    open_client: OpenClient, upstream: MisbehavingUpstream, path: str
+) -> None:
+    # httpx's own transport refuses each. aiohttp reads a 1xx's body as its own, by the 1xx's
+    # framing, and drops it with the 1xx: the final answer is the upstream's, untouched.
+    async with open_client(upstream.url) as client:
+        try:
+            response = await client.get(path)
+            outcome: object = (response.status_code, response.content)
+        except httpx.RemoteProtocolError:
+            outcome = httpx.RemoteProtocolError
+        following = await client.get("/large/256")
+
+    informational_dropped = path != "/status-099" and outcome == (200, b"ok")
+    assert informational_dropped or outcome is httpx.RemoteProtocolError
+    assert following.content == bytes(range(256))
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: upstream\r\n\r\n"
+
+
+async def smuggled_chunks() -> AsyncIterator[bytes]:
+    yield b"x" * 10
+    yield SMUGGLED
+
+
+@pytest.mark.parametrize(
+    ("method", "content", "headers"),
+    [
+        pytest.param("POST", SMUGGLED, {"Content-Length": "0"}, id="content-length-0"),
+        pytest.param("POST", SMUGGLED, {"Content-Length": "3"}, id="content-length-short"),
+        pytest.param("POST", SMUGGLED, {"Transfer-Encoding": "chunked"}, id="bytes-chunked"),
+        pytest.param("POST", b"ok", {"Transfer-Encoding": "gzip"}, id="unknown-coding"),
+        pytest.param("GET /smuggled HTTP/1.1\r\nX:", None, {}, id="crlf-in-method"),
+        pytest.param("POST", "stream", {"Content-Length": "10"}, id="stream-longer"),
+        pytest.param("POST", "stream", {"Content-Length": "999"}, id="stream-shorter"),
+    ],
+)
+async def test_a_request_whose_framing_lies_is_refused_before_it_is_sent(
+    open_client: OpenClient,
+    upstream: MisbehavingUpstream,
+    method: str,
+    content: bytes | str | None,
+    headers: dict[str, str],
+    request: pytest.FixtureRequest,
+) -> None:
+    body = smuggled_chunks() if content == "stream" else content
+    async with open_client(upstream.url) as client:
+        try:
+            await client.request(method, "/body", content=body, headers=headers)
+            refused: type[Exception] | None = None
+        except Exception as exc:  # h11's own, from httpx's transport
+            refused = type(exc)
+        after = await client.post("/body", content=b"after")
+
+    if request.node.callspec.params["open_client"] == "service":
+        assert refused is httpx.LocalProtocolError
+    else:
+        # httpx's own transport sends a bytes body under Transfer-Encoding: chunked chunked, and
+        # lets h11's LocalProtocolError (no httpx.HTTPError) out for the others.
+        assert refused is None or refused.__name__ == "LocalProtocolError"
+    # Never a second request on the wire, nor a connection left in a state to carry one.
+    assert "GET /smuggled" not in upstream.requests
+    assert after.content == b"5"
+
+
+async def test_a_pool_timeout_as_a_connection_comes_back_hands_it_to_the_next_call(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async with open_client(
+        upstream.url, http_client_max_connections=1, http_client_pool_timeout=5
+    ) as client:
+        async with client.stream("GET", "/stream") as holding:
+            waiting = [asyncio.create_task(client.get("/ok")) for _ in range(2)]
+            await asyncio.sleep(0.1)  # both calls queue for the one connection
+            upstream.release()
+            await holding.aread()
+        # The connection is back and handed to the first waiter, which times out at that moment.
+        waiting[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+        second = await asyncio.wait_for(waiting[1], timeout=2)
+
+    assert second.content == b"ok"

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 {%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis %}
 {%- set pydantic_names = (["AfterValidator"] if secret_urls else [])
     + ["BeforeValidator", "Field"]
+    + (["FilePath"] if cookiecutter.use_http_client else [])
     + (["HttpUrl"] if cookiecutter.use_http_client else [])
     + (["SecretStr"] if secret_urls else [])
     + ["ValidationError"]
@@ -139,12 +140,21 @@ class Settings(BaseSettings):
     http_client_timeout: Seconds = 5.0
     http_client_connect_timeout: Seconds = 2.0
     http_client_max_connections: int = Field(default=100, ge=1)
-    http_client_max_keepalive_connections: int = Field(default=20, ge=0)
     # Seconds an idle connection is kept for reuse: below the 5 s after which uvicorn and
     # Node.js close one, so that a call does not take a connection the upstream is closing.
     http_client_keepalive_expiry: Seconds = 4.0
     # How long a call waits for a free connection when all are busy, before it gets a 503.
     http_client_pool_timeout: Seconds = 1.0
+    # Whether HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE and SSL_CERT_DIR apply
+    # to the client, as they do to any httpx client.
+    http_client_trust_env: bool = True
+    # A PEM file of the certificate authorities to trust for https upstreams (a private CA), in
+    # place of the public ones.
+    http_client_ca_bundle: FilePath | None = None
+    # An upstream's response head: the longest line (status or header) and the most header lines,
+    # aiohttp's defaults. Past either the call fails, so a hostile head costs at most about 1 MiB.
+    http_client_max_header_bytes: int = Field(default=8190, ge=1024)
+    http_client_max_headers: int = Field(default=128, ge=8)
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 
