@@ -27,6 +27,7 @@ PACKAGES = [
     "asyncpg",
     "redis",
     "httpx",
+    "aiohttp",
     "structlog",
     "orjson",
 ]
