@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import pwd
@@ -335,16 +336,17 @@ def unaccepting_server() -> Iterator[int]:
                 filler.close()
 
 
-def _read_body(reader: Any, length: int | None) -> int:
-    """Read a request body of `length` bytes, or chunked if None; its size."""
+def _read_body(reader: Any, length: int | None) -> bytes:
+    """Read a request body of `length` bytes, or chunked if None."""
     if length is not None:
-        return len(reader.read(length))
-    received = 0
+        body: bytes = reader.read(length)
+        return body
+    chunks = []
     while size := int(reader.readline(), 16):
-        received += len(reader.read(size))
+        chunks.append(reader.read(size))
         reader.readline()
     reader.readline()  # the empty trailer section
-    return received
+    return b"".join(chunks)
 
 
 class MisbehavingUpstream:
@@ -370,9 +372,14 @@ class MisbehavingUpstream:
         /ok-then-close    the 200 of /ok, then closes, as a keep-alive timeout does
         /upload           reads a chunked request body, answers with its length
         /body             reads the request body its Content-Length or chunks frame, answers
-                          with its length
+                          with it
+        /ok-then-unasked/full, /ok-then-unasked/partial
+                          the 200 of /ok; once released, an answer nobody asked for on the
+                          idle connection (whole, or its head's first bytes); `unasked` counts
         /endless-head     a status line, then header lines without end (a bounded 64 MiB)
         /huge             200 with a 256 MiB body, sent 64 KiB at a time as the client reads
+        /gzip             200 with a small gzip-encoded body
+        /charset/NAME     200 with 64 KiB of `+AAAA...` said to be text in charset NAME
         /1xx-body         a 199 with a 9-byte body, then the 200 of /ok
         /1xx-chunked      a 199 with a chunked 9-byte body, then the 200 of /ok
         /status-099       a response with status 099, then the 200 of /ok
@@ -392,6 +399,7 @@ class MisbehavingUpstream:
         self.url = f"http://127.0.0.1:{self.port}"
         self.accepted = 0
         self.requests: list[str] = []
+        self.unasked = 0
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -433,11 +441,9 @@ class MisbehavingUpstream:
                 if method == "HEAD":  # the head of /ok, without its body
                     connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
                 elif path == "/body":
-                    received = _read_body(reader, length)
-                    connection.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d"
-                        % (len(str(received)), received)
-                    )
+                    body = _read_body(reader, length)
+                    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    connection.sendall(head + body)
                 elif not self._answer(connection, reader, path):
                     break
         except (OSError, ValueError):  # closed, or sent what is not a request
@@ -494,7 +500,7 @@ class MisbehavingUpstream:
             connection.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
             return True
         if step[0] == "upload":
-            length = str(_read_body(reader, None)).encode()
+            length = str(len(_read_body(reader, None))).encode()
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(length)
             connection.sendall(head + length)
             return True
@@ -526,6 +532,25 @@ class MisbehavingUpstream:
             if not self._released.wait(timeout=10):
                 return False
             connection.sendall(b"4\r\nlast\r\n0\r\n\r\n")
+            return True
+        if step[0] == "ok-then-unasked":
+            connection.sendall(ok)
+            if self._released.wait(timeout=10):
+                whole = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nunasked"
+                connection.sendall(whole if step[1] == "full" else whole[:20])
+                with self._lock:
+                    self.unasked += 1
+            return True
+        if step[0] == "gzip":
+            body = gzip.compress(b"\0" * 2**20)
+            head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+            connection.sendall(head % len(body) + body)
+            return True
+        if step[0] == "charset":
+            body = b"+" + b"A" * (2**16 - 1)
+            text_head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset={step[1]}\r\n"
+            text_head += f"Content-Length: {len(body)}\r\n\r\n"
+            connection.sendall(text_head.encode() + body)
             return True
         if step[0] == "huge":
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % 2**28)

@@ -7,7 +7,7 @@ import importlib.abc
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -20,7 +20,20 @@ from {{ cookiecutter.package_name }}.resources.http_client import open_http_clie
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import scrape, serve
 from tests.processes import running, wait_until_ready
-from tests.servers import async_wait_until, free_port, misbehaving_upstream, silent_server
+from tests.servers import (
+    MisbehavingUpstream,
+    async_wait_until,
+    free_port,
+    misbehaving_upstream,
+    silent_server,
+    timed,
+)
+
+
+@pytest.fixture
+def upstream() -> Iterator[MisbehavingUpstream]:
+    with misbehaving_upstream() as upstream:
+        yield upstream
 
 
 async def test_the_upstream_is_called_with_the_request_id(
@@ -282,3 +295,63 @@ async def test_paths_with_dots_that_stay_under_the_base_url_pass(
 
     assert response.status_code == 200
     assert json.loads(response.json()["body"])["path"] == f"/api/{path}"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("gzip", 502, None),  # never asked for: it could inflate a thousandfold before the cut
+        ("charset/utf-7", 200, "+" + "A" * 999),  # no charset of a text body: read as UTF-8
+        ("charset/rot13", 200, "+" + "A" * 999),
+        ("charset/latin-1", 200, "+" + "A" * 999),
+    ],
+)
+async def test_a_hostile_reply_is_cut_at_a_bounded_cost(
+    make_settings: Callable[..., Settings],
+    upstream: MisbehavingUpstream,
+    path: str,
+    status: int,
+    body: str | None,
+) -> None:
+    settings = make_settings(http_client_base_url=upstream.url)
+    async with serve(create_app(settings)) as client:
+        response = await client.get(f"/upstream/{path}")
+
+    assert response.status_code == status
+    assert body is None or response.json()["body"] == body
+
+
+async def test_a_trickling_upstream_is_a_504_at_the_call_deadline(
+    make_settings: Callable[..., Settings], upstream: MisbehavingUpstream
+) -> None:
+    # A byte every 0.3 s never trips the 0.5 s read timeout: the call's deadline ends it, the
+    # pool, connect and read timeouts added up.
+    settings = make_settings(
+        http_client_base_url=upstream.url,
+        http_client_timeout=0.5,
+        http_client_connect_timeout=0.5,
+        http_client_pool_timeout=0.5,
+    )
+    async with serve(create_app(settings)) as client:
+        response, seconds = await timed(client.get("/upstream/trickle/100/300"))
+
+    assert (response.status_code, response.json()) == (504, {"detail": "upstream timed out"})
+    assert 1.5 <= seconds < 1.5 + 1
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("a" * 2049, 414),
+        ("%" + "25" * 5 + "2e/admin", 400),  # "." encoded six times over
+        ("%25" * 20000 + "41", 414),
+    ],
+)
+async def test_paths_too_long_or_encoded_too_often_are_refused_at_once(
+    make_settings: Callable[..., Settings], upstream_url: str, path: str, status: int
+) -> None:
+    async with serve(create_app(make_settings(http_client_base_url=upstream_url))) as client:
+        response, seconds = await timed(client.get(f"/upstream/{path}"))
+
+    assert response.status_code == status
+    assert seconds < 0.5

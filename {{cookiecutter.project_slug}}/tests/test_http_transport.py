@@ -510,7 +510,7 @@ async def test_a_request_whose_framing_lies_is_refused_before_it_is_sent(
         assert refused is None or refused.__name__ == "LocalProtocolError"
     # Never a second request on the wire, nor a connection left in a state to carry one.
     assert "GET /smuggled" not in upstream.requests
-    assert after.content == b"5"
+    assert after.content == b"after"
 
 
 async def test_a_pool_timeout_as_a_connection_comes_back_hands_it_to_the_next_call(
@@ -531,3 +531,42 @@ async def test_a_pool_timeout_as_a_connection_comes_back_hands_it_to_the_next_ca
         second = await asyncio.wait_for(waiting[1], timeout=2)
 
     assert second.content == b"ok"
+
+
+async def test_a_streamed_body_with_a_length_arrives_as_sent(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for piece in (b"a", b"bc", b"x" * 100):
+            yield piece
+
+    async with open_client(upstream.url) as client:
+        response = await client.post("/body", content=body(), headers={"Content-Length": "103"})
+
+    assert response.content == b"abc" + b"x" * 100
+
+
+@pytest.mark.parametrize("unasked", ["full", "partial"])
+async def test_what_an_upstream_sends_on_an_idle_connection_reaches_no_caller(
+    open_client: OpenClient, upstream: MisbehavingUpstream, unasked: str
+) -> None:
+    async with open_client(upstream.url) as client:
+        first = await client.get(f"/ok-then-unasked/{unasked}")
+        upstream.release()
+        await async_wait_until(
+            holds(lambda: upstream.unasked == 1), within=5, message="nothing sent unasked"
+        )
+        second = await client.get("/large/256")
+
+    assert (first.content, second.content) == (b"ok", bytes(range(256)))
+
+
+@pytest.mark.parametrize("name", ["Content-Length ", "X-A:Transfer-Encoding", "X A", ""])
+async def test_a_header_name_that_is_no_token_is_refused(
+    open_client: OpenClient, upstream: MisbehavingUpstream, name: str
+) -> None:
+    async with open_client(upstream.url) as client:
+        raised, _ = await failure(client.post("/body", content=b"abc", headers={name: "0"}))
+
+    assert raised is httpx.LocalProtocolError
+    assert upstream.requests == []

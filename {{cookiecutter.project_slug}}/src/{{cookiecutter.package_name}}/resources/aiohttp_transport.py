@@ -4,26 +4,29 @@ request framing, C response parser, TLS and proxies), and httpx stays the interf
 This module only translates. A request goes to aiohttp with httpx's headers, timeouts and body;
 the response comes back as an httpx.Response whose body streams from aiohttp's; and each
 failure is raised as the httpx exception that httpx's own transport raises for it
-(tests/test_http_transport.py runs every case against both). Three things aiohttp does not do
-as httpx does are done here, each small:
+(tests/test_http_transport.py runs every case against both). What aiohttp does not do as httpx
+does is done here, each small:
 
 - The pool timeout. aiohttp bounds waiting for a free connection and making a new one with one
-  timeout; httpx bounds them apart (`pool` and `connect`). aiohttp's tracing says when a request
-  starts and stops waiting, and the wait alone is bounded here.
-- The write timeout. aiohttp writes a request body while it waits for the answer, with no
-  timeout of its own on the writing; a body that is still being written when the read timeout
-  ends is a WriteTimeout, as it is for httpx.
+  timeout; httpx bounds them apart (`pool` and `connect`). The wait alone is bounded here, where
+  the pool makes a caller wait.
+- The write timeout. aiohttp has none: each chunk of a request body it is handed here must be
+  taken within httpx's write timeout (aiohttp's read timeout starts once the body is written).
 - Framing headers that disagree with the body (a Content-Length that is not the body's length,
   both Content-Length and Transfer-Encoding, a stream longer or shorter than its
   Content-Length) are refused before they reach the wire, as httpx's h11 refuses them: aiohttp
   would send such a body cut to its length, or leave the upstream waiting for the rest.
+- A status below 100 is refused, as h11 refuses it.
+- Two edges of aiohttp's connection pool, in `_Connector`.
 """
 
 import asyncio
+import functools
+import re
 import ssl
-import types
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -31,28 +34,32 @@ import httpx
 import yarl
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
 
 from {{ cookiecutter.package_name }}.metrics import ConnectionCounts
 
 # Added by aiohttp unless told not to: httpx sends its own, or none if the caller removed them.
 _AIOHTTP_OWN_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _WRITE_SLICE = 2**16
+# A header name, as RFC 9110 allows it (aiohttp would send a space or a colon in one).
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+# The pool timeout of the call being made: the pool reads it where it makes the call wait.
+_pool_timeout: ContextVar[float | None] = ContextVar("pool_timeout", default=None)
 
 
 class _Exchange:
-    """One request on its way out, as aiohttp's tracing and its body tell it: whether it waits for
-    a connection or is writing its body, under the deadline that httpx's pool or write timeout
-    sets for that."""
+    """One request on its way out: whether it is writing its body, under the deadline that
+    httpx's write timeout sets for each chunk."""
 
-    __slots__ = ("deadline", "pool_timeout", "refused", "waiting", "write_timeout", "writing")
+    __slots__ = ("deadline", "refused", "write_timeout", "writing")
 
-    deadline: asyncio.Timeout | None  # while the request is on its way and its answer's head not in
+    deadline: asyncio.Timeout | None  # while the body is being written and no answer is in
 
     def __init__(self, timeouts: dict[str, float | None]) -> None:
         self.deadline = None
-        self.pool_timeout = timeouts.get("pool")
         self.write_timeout = timeouts.get("write")
-        self.waiting = False
         self.writing = False
         # Raised in aiohttp's writing task, which hands the caller a connection error instead.
         self.refused: httpx.LocalProtocolError | None = None
@@ -63,57 +70,75 @@ class _Exchange:
             self.deadline.reschedule(when)
 
 
-async def _waiting_for_a_connection(
-    session: aiohttp.ClientSession, context: types.SimpleNamespace, params: object
-) -> None:
-    exchange: _Exchange = context.trace_request_ctx
-    exchange.waiting = True
-    exchange.due_in(exchange.pool_timeout)
-
-
-async def _got_a_connection(
-    session: aiohttp.ClientSession, context: types.SimpleNamespace, params: object
-) -> None:
-    exchange: _Exchange = context.trace_request_ctx
-    exchange.waiting = False
-    exchange.due_in(None)
-
-
 class _Connector(aiohttp.TCPConnector):
-    """aiohttp's pool, with two of its edges fixed (tests/test_http_transport.py has each).
+    """aiohttp's pool, with three of its edges fixed (tests/test_http_transport.py has each).
 
     A connection it drops in the middle of an exchange (a timeout, a cancelled call, a response
     body left unread) is aborted rather than closed: a graceful close waits to flush what an
     upstream may never take, and on uvloop keeps reading what it still sends (uvloop issue 471),
-    so a stuck upstream would hold the socket for good. And a caller that leaves the queue just
-    as a connection was handed to it passes it on to the next caller."""
+    so a stuck upstream would hold the socket for good. A connection the upstream has written to
+    while idle is dropped when next taken, as httpcore drops it: aiohttp would hand what arrived
+    to the next caller as its answer. And a caller that leaves the queue just as a connection
+    was handed to it passes it on to the next caller."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._factory = functools.partial(_Handler, loop=self._loop)  # type: ignore[assignment]
 
     def _release(
         self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
     ) -> None:
-        if (should_close or protocol.should_close) and protocol.transport is not None:
-            protocol.transport.abort()
+        transport = protocol.transport
+        if (should_close or protocol.should_close) and transport is not None:
+            transport.abort()
         super()._release(key, protocol, should_close=should_close)
+        if isinstance(protocol, _Handler):
+            protocol.idle = True
+
+    async def _get(
+        self, key: ConnectionKey, traces: list[aiohttp.tracing.Trace]
+    ) -> Connection | None:
+        while (connection := await super()._get(key, traces)) is not None:
+            protocol = connection.protocol
+            if isinstance(protocol, _Handler) and not protocol.should_close:
+                protocol.idle = False
+                return connection
+            connection.close()
+        return None
 
     async def _wait_for_available_connection(
         self, key: ConnectionKey, traces: list[aiohttp.tracing.Trace]
     ) -> None:
         try:
-            await super()._wait_for_available_connection(key, traces)
-        except BaseException:
+            async with asyncio.timeout(_pool_timeout.get()):
+                await super()._wait_for_available_connection(key, traces)
+        except BaseException as exc:
             # Woken for a connection given back, then cancelled or timed out before taking it:
             # aiohttp would leave the next caller waiting while that connection sits idle.
             self._release_waiter()
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout(
+                    "no connection became free within the pool timeout"
+                ) from exc
             raise
+
+
+class _Handler(ResponseHandler):
+    """aiohttp's protocol of one connection, which tells whether the connection received
+    anything while idle in the pool."""
+
+    idle = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle and data:
+            self.force_close()
+        super().data_received(data)
 
 
 def open_session(
     limits: httpx.Limits, *, max_field_size: int, max_headers: int
 ) -> aiohttp.ClientSession:
     """The aiohttp session every request of the client goes through: one connection pool."""
-    tracing = aiohttp.TraceConfig()
-    tracing.on_connection_queued_start.append(_waiting_for_a_connection)
-    tracing.on_connection_queued_end.append(_got_a_connection)
     connector = _Connector(
         limit=limits.max_connections or 0,
         keepalive_timeout=limits.keepalive_expiry,
@@ -126,7 +151,6 @@ def open_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=_AIOHTTP_OWN_HEADERS,
-        trace_configs=[tracing],
         timeout=aiohttp.ClientTimeout(total=None, connect=None),
         max_line_size=max_field_size,
         max_field_size=max_field_size,
@@ -175,30 +199,34 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers.append(("Proxy-Authorization", self._proxy_authorization))
         exchange = _Exchange(timeouts)
         data = None if body is None else _written_within_the_write_timeout(body, exchange)
+        _pool_timeout.set(timeouts.get("pool"))
+        sending = self._session.request(
+            request.method,
+            # As httpx encoded it: yarl would decode %3B, %3D, %26, ... again.
+            yarl.URL(str(request.url), encoded=True),
+            headers=headers,
+            data=data,
+            chunked=chunked,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=None,
+                sock_connect=timeouts.get("connect"),
+                sock_read=timeouts.get("read"),
+            ),
+            ssl=self._ssl,
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+        )
         with _raised_as_httpx(exchange):
-            try:
-                async with asyncio.timeout(None) as exchange.deadline:
-                    response = await self._session.request(
-                        request.method,
-                        # As httpx encoded it: yarl would decode %3B, %3D, %26, ... again.
-                        yarl.URL(str(request.url), encoded=True),
-                        headers=headers,
-                        data=data,
-                        chunked=chunked,
-                        allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(
-                            total=None,
-                            connect=None,
-                            sock_connect=timeouts.get("connect"),
-                            sock_read=timeouts.get("read"),
-                        ),
-                        ssl=self._ssl,
-                        proxy=self._proxy,
-                        proxy_headers=self._proxy_headers,
-                        trace_request_ctx=exchange,
-                    )
-            finally:
-                exchange.deadline = None
+            if data is None:
+                response = await sending
+            else:
+                try:
+                    async with asyncio.timeout(None) as exchange.deadline:
+                        response = await sending
+                finally:
+                    exchange.deadline = None
 
         if response.status < 100:
             response.close()
@@ -259,6 +287,9 @@ def _framed(
         raise httpx.LocalProtocolError(
             f"a body of {len(content)} bytes under Content-Length: {length}"
         )
+    for name, _ in request.headers.raw:
+        if not _TOKEN.fullmatch(name):
+            raise httpx.LocalProtocolError(f"illegal header name {name!r}")
     # aiohttp frames the body itself: chunked, or with the Content-Length kept here.
     headers = [
         (name, value)
@@ -267,14 +298,15 @@ def _framed(
     ]
     if content is not None:
         return headers, content or None, None
-    return headers, _Stream(request.stream, length), length is None
+    # (chunked=False would be taken as chunked: None leaves the Content-Length framing.)
+    return headers, _Stream(request.stream, length), True if length is None else None
 
 
 async def _written_within_the_write_timeout(
     body: bytes | _Stream, exchange: _Exchange
 ) -> AsyncIterator[bytes]:
     # aiohttp asks for the next chunk once it has written the one before: each chunk gets the
-    # write timeout. (aiohttp's read timeout starts once the body is written.)
+    # write timeout.
     exchange.writing = True
     if isinstance(body, bytes):
         # In slices: aiohttp waits for the socket to take each before it asks for the next, so
@@ -352,8 +384,6 @@ def _timeout(exc: TimeoutError, exchange: _Exchange) -> httpx.TimeoutException:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message)
-    if exchange.waiting:
-        return httpx.PoolTimeout("no connection became free within the pool timeout")
     if exchange.writing:
         return httpx.WriteTimeout("the request's body was not taken within the write timeout")
     return httpx.ReadTimeout(message)
