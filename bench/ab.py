@@ -5,9 +5,10 @@ the template and from the working tree, served alike, loaded in alternating roun
     .venv/bin/python bench/ab.py --before ad1a2b3 --path /health/live
 
 For a change whose cost is one route's, where the full `make bench` (25 minutes) would measure
-much else besides. Prints, per side, the median requests per second and p99 of the rounds (wrk
--t1 -c32, as `make bench`), start to /health/ready and the idle peak RSS (medians of five starts),
-and after/before ratios. Runs with the template's dev venv; needs the servers `make bench` needs.
+much else besides; about four minutes. Prints, per side, the medians of the rounds' requests per
+second, p99 and p50 (wrk -t1 -c32, as `make bench`), of start to /health/ready and of the idle
+peak RSS (seven starts each, the sides alternating), and after/before. Runs with the template's
+dev venv (`make bench` makes it); needs the servers `make bench` needs.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="a commit of the template")
     parser.add_argument("--path", default="/upstream/x", help="the route loaded")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--starts", type=int, default=7, help="starts of each side, alternating")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
@@ -88,8 +90,13 @@ def main() -> None:
                 results[side].append(result)
                 wait_until_idle(group.pid_of(side), timeout=60)
         group.stop_all()
+        startups: dict[str, dict[str, list[float]]] = {side: {"ready_s": [], "idle_peak_rss_mb": []} for side in SIDES}
         with processes(work) as starts:
-            startups = {side: measure_startup(starts, pythons[side], projects[side], env, runs=5) for side in SIDES}
+            for _ in range(args.starts):  # alternating too: a busy moment hits both sides
+                for side in SIDES:
+                    startup = measure_startup(starts, pythons[side], projects[side], env, runs=1)
+                    startups[side]["ready_s"] += startup.ready_s
+                    startups[side]["idle_peak_rss_mb"] += startup.idle_peak_rss_mb
     report(args, results, startups)
 
 
@@ -102,7 +109,9 @@ def serve(group: Processes, side: str, python: Path, project: Path, env: dict[st
     return f"http://127.0.0.1:{port}"
 
 
-def report(args: argparse.Namespace, results: dict[str, list[WrkResult]], startups: dict[str, object]) -> None:
+def report(
+    args: argparse.Namespace, results: dict[str, list[WrkResult]], startups: dict[str, dict[str, list[float]]]
+) -> None:
     def median(side: str, value: str) -> float:
         return statistics.median(getattr(result, value) for result in results[side])
 
@@ -114,8 +123,8 @@ def report(args: argparse.Namespace, results: dict[str, list[WrkResult]], startu
     spread = {side: ", ".join(f"{result.rps:.0f}" for result in results[side]) for side in SIDES}
     print(f"  rounds' req/s: before {spread['before']}; after {spread['after']}")
     for label, attribute in (("start -> ready s", "ready_s"), ("idle peak RSS MB", "idle_peak_rss_mb")):
-        before = statistics.median(getattr(startups["before"], attribute))
-        after = statistics.median(getattr(startups["after"], attribute))
+        before = statistics.median(startups["before"][attribute])
+        after = statistics.median(startups["after"][attribute])
         print(f"{label:28}{before:12.3f}{after:12.3f}{after - before:+13.3f}")
     print(f"python {sys.version.split()[0]}, before = {args.before}, after = the work tree")
 

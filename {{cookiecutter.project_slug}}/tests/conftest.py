@@ -295,7 +295,8 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """The tests run on asyncio's own loop, the service on uvloop (uvicorn takes it when it is
-    installed): the HTTP client's transport, which drives its sockets itself, runs on both."""
+    installed): the HTTP client's transport tests run on both, as aiohttp drives its sockets
+    on whichever loop runs it."""
     if item.path.name == "test_http_transport.py":
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
