@@ -379,6 +379,7 @@ class MisbehavingUpstream:
         /endless-head     a status line, then header lines without end (a bounded 64 MiB)
         /huge             200 with a 256 MiB body, sent 64 KiB at a time as the client reads
         /gzip             200 with a small gzip-encoded body
+        /encoded/NAME     200 with the body `plain` and `Content-Encoding: NAME` (empty without)
         /charset/NAME     200 with 64 KiB of `+AAAA...` said to be text in charset NAME
         /1xx-body         a 199 with a 9-byte body, then the 200 of /ok
         /1xx-chunked      a 199 with a chunked 9-byte body, then the 200 of /ok
@@ -545,6 +546,11 @@ class MisbehavingUpstream:
             body = gzip.compress(b"\0" * 2**20)
             head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
             connection.sendall(head % len(body) + body)
+            return True
+        if step[0] == "encoded":
+            coding = step[1] if len(step) > 1 else ""
+            encoded = f"HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\nContent-Length: 5\r\n\r\n"
+            connection.sendall(encoded.encode() + b"plain")
             return True
         if step[0] == "charset":
             body = b"+" + b"A" * (2**16 - 1)

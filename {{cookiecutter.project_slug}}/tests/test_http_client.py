@@ -301,6 +301,8 @@ async def test_paths_with_dots_that_stay_under_the_base_url_pass(
     ("path", "status", "body"),
     [
         ("gzip", 502, None),  # never asked for: it could inflate a thousandfold before the cut
+        ("encoded", 200, "plain"),  # an empty Content-Encoding is none
+        ("encoded/IDENTITY", 200, "plain"),
         ("charset/utf-7", 200, "+" + "A" * 999),  # no charset of a text body: read as UTF-8
         ("charset/rot13", 200, "+" + "A" * 999),
         ("charset/latin-1", 200, "+" + "A" * 999),

@@ -570,3 +570,18 @@ async def test_a_header_name_that_is_no_token_is_refused(
 
     assert raised is httpx.LocalProtocolError
     assert upstream.requests == []
+
+
+async def test_a_request_body_that_fails_raises_its_own_exception(
+    open_client: OpenClient, upstream: MisbehavingUpstream
+) -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"abc"
+        raise RuntimeError("the caller's own failure")
+
+    async with open_client(upstream.url) as client:
+        with pytest.raises(RuntimeError, match="the caller's own failure"):
+            await client.post("/body", content=failing())
+        after = await client.post("/body", content=b"after")
+
+    assert after.content == b"after"

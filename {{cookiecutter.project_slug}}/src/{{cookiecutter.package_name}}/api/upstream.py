@@ -59,7 +59,7 @@ def _as_one_path(path: str) -> str:
 
 async def _first_characters(reply: httpx.Response) -> str:
     """The start of the body as the upstream sent it, decoded; the call reads no further."""
-    if reply.headers.get("content-encoding", "identity").lower() != "identity":
+    if (reply.headers.get("content-encoding") or "identity").strip().lower() != "identity":
         # Asked for none: a compressed body may inflate a thousandfold before it is cut.
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, "upstream sent an encoded body")
     received = bytearray()

@@ -53,7 +53,7 @@ class _Exchange:
     """One request on its way out: whether it is writing its body, under the deadline that
     httpx's write timeout sets for each chunk."""
 
-    __slots__ = ("deadline", "refused", "write_timeout", "writing")
+    __slots__ = ("body_error", "deadline", "write_timeout", "writing")
 
     deadline: asyncio.Timeout | None  # while the body is being written and no answer is in
 
@@ -61,8 +61,9 @@ class _Exchange:
         self.deadline = None
         self.write_timeout = timeouts.get("write")
         self.writing = False
-        # Raised in aiohttp's writing task, which hands the caller a connection error instead.
-        self.refused: httpx.LocalProtocolError | None = None
+        # Raised by the body, or by its check here, in aiohttp's writing task: aiohttp hands the
+        # caller a connection error instead, and the caller gets this.
+        self.body_error: Exception | None = None
 
     def due_in(self, seconds: float | None) -> None:
         if self.deadline is not None and not self.deadline.expired():
@@ -302,6 +303,21 @@ def _framed(
     return headers, _Stream(request.stream, length), True if length is None else None
 
 
+async def _fitting_its_length(body: _Stream) -> AsyncIterator[bytes]:
+    sent = 0
+    async for chunk in body.chunks:
+        sent += len(chunk)
+        if body.length is not None and sent > body.length:
+            raise httpx.LocalProtocolError(
+                f"the body is longer than its Content-Length {body.length}"
+            )
+        yield chunk
+    if body.length is not None and sent < body.length:
+        raise httpx.LocalProtocolError(
+            f"the body ended at {sent} bytes of its Content-Length {body.length}"
+        )
+
+
 async def _written_within_the_write_timeout(
     body: bytes | _Stream, exchange: _Exchange
 ) -> AsyncIterator[bytes]:
@@ -315,21 +331,13 @@ async def _written_within_the_write_timeout(
             exchange.due_in(exchange.write_timeout)
             yield body[start : start + _WRITE_SLICE]
     else:
-        sent = 0
-        async for chunk in body.chunks:
-            sent += len(chunk)
-            if body.length is not None and sent > body.length:
-                exchange.refused = httpx.LocalProtocolError(
-                    f"the body is longer than its Content-Length {body.length}"
-                )
-                raise exchange.refused
-            exchange.due_in(exchange.write_timeout)
-            yield chunk
-        if body.length is not None and sent < body.length:
-            exchange.refused = httpx.LocalProtocolError(
-                f"the body ended at {sent} bytes of its Content-Length {body.length}"
-            )
-            raise exchange.refused
+        try:
+            async for chunk in _fitting_its_length(body):
+                exchange.due_in(exchange.write_timeout)
+                yield chunk
+        except Exception as exc:
+            exchange.body_error = exc
+            raise
     exchange.writing = False
     exchange.due_in(None)
 
@@ -367,8 +375,8 @@ def _raised_as_httpx(exchange: _Exchange) -> Iterator[None]:
 
 
 def _as_httpx(exc: Exception, exchange: _Exchange) -> Exception:
-    if exchange.refused is not None:
-        return exchange.refused
+    if exchange.body_error is not None:
+        return exchange.body_error
     message = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
         return _timeout(exc, exchange)
