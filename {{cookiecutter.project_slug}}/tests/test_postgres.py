@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -19,7 +20,8 @@ from httpx import AsyncClient
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.util.queue import Empty
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -27,6 +29,7 @@ from {{ cookiecutter.package_name }}.dependencies import DbSession, Postgres
 from {{ cookiecutter.package_name }}.metrics import DB_POOL_PENDING, POOL_LABELS
 from {{ cookiecutter.package_name }}.models import Note
 from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
+from {{ cookiecutter.package_name }}.resources.postgres_pool import FirstComeQueue
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import (
     ADMIN_DATABASE_URL,
@@ -635,3 +638,82 @@ async def test_a_connection_handed_to_a_cancelled_request_goes_to_the_next(
         checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
     assert served == ["second"]
     assert checked_out == 0
+
+
+def handed_on_while_full(queue: FirstComeQueue) -> Callable[[], None]:
+    """Gives back "handed" (to the first waiter) and then "other" (among the idle ones, which
+    fills a queue of one)."""
+
+    def give_back() -> None:
+        queue.put_nowait(cast(ConnectionPoolEntry, "handed"))
+        queue.put_nowait(cast(ConnectionPoolEntry, "other"))
+
+    return give_back
+
+
+async def waiting_in(queue: FirstComeQueue, seconds: float | None) -> asyncio.Task[Any]:
+    task = asyncio.create_task(queue._wait(seconds))
+
+    async def waits() -> bool:
+        return len(queue._waiters) == 1
+
+    await async_wait_until(waits, within=5, message="the task never waited")
+    return task
+
+
+async def test_a_connection_handed_to_a_cancelled_waiter_fits_a_full_queue() -> None:
+    queue = FirstComeQueue(maxsize=1)
+    waiter = await waiting_in(queue, seconds=None)
+    handed_on_while_full(queue)()
+    waiter.cancel()
+
+    with pytest.raises(asyncio.CancelledError):  # its own exception, not Full
+        await waiter
+    assert sorted(cast(list[str], queue._idle)) == ["handed", "other"]
+
+
+async def test_a_connection_handed_to_a_timed_out_waiter_fits_a_full_queue() -> None:
+    queue = FirstComeQueue(maxsize=1)
+    waiter = await waiting_in(queue, seconds=0.05)
+    # Due before the waiter's timeout: held up below, both are due in one turn of the loop, the
+    # connection handed over first and the timeout ending the wait before the waiter runs.
+    asyncio.get_running_loop().call_later(0.01, handed_on_while_full(queue))
+    held_until = time.monotonic() + 0.1
+    while time.monotonic() < held_until:  # the event loop held, not a wait for anything
+        pass
+
+    with pytest.raises(Empty):  # SQLAlchemy's pool timeout, not Full
+        await waiter
+    assert sorted(cast(list[str], queue._idle)) == ["handed", "other"]
+
+
+async def test_a_readiness_timeout_storm_on_a_full_pool_loses_no_connection(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Readiness checks that time out waiting for a connection as held ones come back: each
+    # connection must end up idle again, none lost, none counted twice.
+    settings = make_settings(
+        db_pool_size=1,
+        db_max_overflow=1,
+        db_pool_timeout=5,
+        readiness_timeout=0.05,
+        readiness_cache_seconds=0,
+    )
+    async with serve(add_test_routes(create_app(settings))) as client:
+        holds = [
+            asyncio.create_task(client.get(f"/test/hold?seconds={seconds}"))
+            for seconds in (0.5, 0.7)
+        ]
+        probes = []
+        for _ in range(40):
+            probes.append(asyncio.create_task(client.get("/health/ready")))
+            await asyncio.sleep(0.025)  # the probes' pace, spread over the holds' end
+        async with asyncio.timeout(10):
+            await asyncio.gather(*holds, *probes)
+        checked_out = (await client.get("/test/checked-out")).json()
+        both_at_once = await asyncio.gather(
+            *(client.get("/test/hold?seconds=0.3") for _ in range(2))
+        )
+
+    assert checked_out == 0
+    assert [response.status_code for response in both_at_once] == [200, 200]

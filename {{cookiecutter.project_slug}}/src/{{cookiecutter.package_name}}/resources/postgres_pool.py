@@ -43,14 +43,19 @@ class FirstComeQueue(QueueCommon[ConnectionPoolEntry]):
         return len(self._idle)
 
     def put_nowait(self, item: ConnectionPoolEntry) -> None:
+        if self._handed_to_a_waiter(item):
+            return
+        if self.full():
+            raise Full
+        self._idle.append(item)
+
+    def _handed_to_a_waiter(self, item: ConnectionPoolEntry) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(item)
-                return
-        if self.full():
-            raise Full
-        self._idle.append(item)
+                return True
+        return False
 
     def put(
         self, item: ConnectionPoolEntry, block: bool = True, timeout: float | None = None
@@ -77,8 +82,13 @@ class FirstComeQueue(QueueCommon[ConnectionPoolEntry]):
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 # Handed a connection just as the wait ended (timed out, or the request was
-                # cancelled): it goes to the next in line, or it would never come back.
-                self.put_nowait(waiter.result())
+                # cancelled): it goes to the next in line, or back among the idle ones even if
+                # another came back meanwhile and they are `maxsize` already. Never `Full`:
+                # SQLAlchemy would neither close nor uncount the connection, and the caller
+                # would get that instead of its own exception.
+                item = waiter.result()
+                if not self._handed_to_a_waiter(item):
+                    self._idle.append(item)
             else:
                 waiter.cancel()
                 # Gone already if a connection came back meanwhile and passed it over.
