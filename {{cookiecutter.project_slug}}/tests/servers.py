@@ -432,29 +432,32 @@ class MisbehavingUpstream:
 
     def _serve(self, connection: socket.socket) -> None:
         reader = connection.makefile("rb")
-        hang_up = False
         try:
-            while (request := self._read_head(reader)) is not None and not hang_up:
-                method, path, length = request
-                with self._lock:
-                    self.requests.append(f"{method} {path}")
-                hang_up = path == "/ok-then-hang-up"
-                if method == "HEAD":  # the head of /ok, without its body
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
-                elif path == "/body":
-                    body = _read_body(reader, length)
-                    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-                    connection.sendall(head + body)
-                elif not self._answer(connection, reader, path):
-                    break
-        except (OSError, ValueError):  # closed, or sent what is not a request
-            pass
+            # Closed, or sent what is not a request: the connection ends.
+            with contextlib.suppress(OSError, ValueError):
+                self._serve_requests(connection, reader)
         finally:
             reader.close()
             connection.close()
             # Only once closed: a test that waits for the count sees the connection gone.
             with self._lock:
                 self._open.discard(connection)
+
+    def _serve_requests(self, connection: socket.socket, reader: Any) -> None:
+        hang_up = False
+        while (request := self._read_head(reader)) is not None and not hang_up:
+            method, path, length = request
+            with self._lock:
+                self.requests.append(f"{method} {path}")
+            hang_up = path == "/ok-then-hang-up"
+            if method == "HEAD":  # the head of /ok, without its body
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            elif path == "/body":
+                body = _read_body(reader, length)
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                connection.sendall(head + body)
+            elif not self._answer(connection, reader, path):
+                return
 
     @staticmethod
     def _read_head(reader: Any) -> tuple[str, str, int | None] | None:

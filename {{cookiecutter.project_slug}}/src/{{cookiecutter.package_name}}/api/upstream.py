@@ -114,8 +114,10 @@ async def call_upstream(path: str, client: HttpClient, settings: AppSettings) ->
     except httpx.PoolTimeout:
         # Every connection of the client is busy: shed load rather than queue without end.
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "upstream busy") from None
-    except (httpx.TimeoutException, TimeoutError):
+    except httpx.TimeoutException:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, "upstream timed out") from None
     except httpx.TransportError:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, "upstream unreachable") from None
+    except TimeoutError:  # the call's deadline
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, "upstream timed out") from None
     return UpstreamReply(status_code=reply.status_code, body=body)
