@@ -91,6 +91,46 @@ def test_serves_logs_json_and_stops_cleanly_on_sigterm(
 {%- endif %}
 
 
+@pytest.mark.parametrize(
+    ("workers", "forwarded_allow_ips", "logged_client"),
+    [
+        ("1", "127.0.0.1", "203.0.113.7"),  # the test is the trusted proxy: its word is taken
+        ("1", "10.0.0.0/8", "127.0.0.1"),  # an untrusted peer's header is ignored
+        ("2", "127.0.0.1", "203.0.113.7"),  # each worker is told too
+    ],
+)
+def test_the_request_log_names_the_client_a_trusted_proxy_forwards(
+    service_env: dict[str, str],
+    tmp_path: Path,
+    workers: str,
+    forwarded_allow_ips: str,
+    logged_client: str,
+) -> None:
+    service_env |= {
+        "WORKERS": workers,
+        "FORWARDED_ALLOW_IPS": forwarded_allow_ips,
+        "PROBE_LOG_LEVEL": "INFO",
+    }
+    request_id = f"forwarded-{uuid.uuid4().hex}"
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        httpx.get(
+            url(service_env, "/health/live"),
+            headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": request_id},
+        )
+
+        def logged() -> list[dict[str, Any]]:
+            return [
+                line
+                for line in service.log()
+                if line["event"] == "http.request" and line.get("request_id") == request_id
+            ]
+
+        wait_until(lambda: bool(logged()), timeout=10, message="the request was not logged")
+
+    assert [line["client"] for line in logged()] == [logged_client]
+
+
 @pytest.mark.parametrize("probe_log_level", [None, "INFO"], ids=["default", "PROBE_LOG_LEVEL=INFO"])
 def test_at_log_level_info_health_probes_are_logged_only_when_asked(
     probe_log_level: str | None, service_env: dict[str, str], tmp_path: Path

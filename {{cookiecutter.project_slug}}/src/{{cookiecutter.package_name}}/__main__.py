@@ -39,6 +39,10 @@ def main(app: str = "{{ cookiecutter.package_name }}.main:app") -> None:
         workers=settings.workers,
         lifespan="on",
         timeout_graceful_shutdown=settings.graceful_shutdown_timeout,
+        # Explicit, so that uvicorn's own FORWARDED_ALLOW_IPS variable is not read behind the
+        # settings' back: the request line logs the client these make of X-Forwarded-For.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # main.py routes uvicorn's records into our log stream; the middleware logs each request.
         log_config=None,
         access_log=False,

@@ -150,11 +150,14 @@ class RequestContextMiddleware:
                 metrics.finished(metric_method, scope.get("route"), status_code, seconds)
             path = scope["path"]
             is_probe = path.startswith(_PROBE_PATH_PREFIX) or path == _SCRAPE_PATH
+            client = scope.get("client")
             log.log(
                 self._probe_level if is_probe else logging.INFO,
                 "http.request",
                 method=method,
                 path=path,
+                # As uvicorn resolved it: X-Forwarded-For's, from a FORWARDED_ALLOW_IPS peer.
+                client=client[0] if client else None,
                 status=status_code,
                 duration_ms=round(seconds * 1000, 2),  # as timing.elapsed_ms gives it
             )

@@ -1,6 +1,7 @@
 """Settings, read once from the environment (and `.env`) and validated before anything opens."""
 {%- set typing_names = ["Annotated", "Literal"] + (["Self"] if cookiecutter.use_postgres else []) %}
 
+from ipaddress import ip_network
 {% if cookiecutter.use_postgres -%}
 from pathlib import Path
 {% endif -%}
@@ -9,7 +10,7 @@ from typing import {{ typing_names | join(", ") }}
 from urllib.parse import urlsplit
 {%- endif %}
 {%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis %}
-{%- set pydantic_names = (["AfterValidator"] if secret_urls else [])
+{%- set pydantic_names = ["AfterValidator"]
     + ["BeforeValidator", "Field"]
     + (["FilePath"] if cookiecutter.use_http_client else [])
     + (["HttpUrl"] if cookiecutter.use_http_client else [])
@@ -29,6 +30,22 @@ from sqlalchemy.exc import ArgumentError
 {%- endif %}
 
 Seconds = Annotated[float, Field(gt=0)]
+
+
+def _are_addresses(value: str) -> str:
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if item != "*":
+            try:
+                ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is no address or network: a comma-separated list such as"
+                    " 127.0.0.1,10.0.0.0/8, or * for every peer"
+                ) from None
+    return value
+
+
+AddressList = Annotated[str, AfterValidator(_are_addresses)]
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
@@ -70,6 +87,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The peers whose X-Forwarded-For and X-Forwarded-Proto uvicorn believes: addresses or
+    # networks, comma-separated, or * for any. Only the machine itself by default (a sidecar
+    # proxy); anyone else could claim any client address. Behind an ingress: its pods' network.
+    forwarded_allow_ips: AddressList = "127.0.0.1"
     log_format: Literal["json", "console"] = "json"
     log_level: LogLevel = "INFO"
     # Health probes and metric scrapes come every few seconds from every pod: their request
