@@ -1,7 +1,9 @@
 """The service as a process, started the ways its users start it: the commands, a running
 service whose JSON log a test can read while it runs, and waiting for it to be ready."""
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -61,8 +63,21 @@ def running(how: str, env: dict[str, str], cwd: Path) -> Iterator[Service]:
         yield Service(process, stdout)
     finally:
         if process.poll() is None:
+            # Its workers first: orphaned, they would hold its output open and never exit.
+            for child in children(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             process.kill()
             process.communicate()
+
+
+def children(pid: int) -> set[int]:
+    """The processes `pid` started (uvicorn's workers)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:  # gone, or no /proc
+        return set()
+    return {int(child) for child in listed.split()}
 
 
 def wait_until_ready(service: Service, port: str) -> None:

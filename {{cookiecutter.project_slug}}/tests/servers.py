@@ -446,7 +446,7 @@ class MisbehavingUpstream:
     def _serve_requests(self, connection: socket.socket, reader: Any) -> None:
         hang_up = False
         while (request := self._read_head(reader)) is not None and not hang_up:
-            method, path, length = request
+            method, path, length, framing_conflict = request
             with self._lock:
                 self.requests.append(f"{method} {path}")
             hang_up = path == "/ok-then-hang-up"
@@ -454,25 +454,32 @@ class MisbehavingUpstream:
                 connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
             elif path == "/body":
                 body = _read_body(reader, length)
-                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                # After a request framed both ways, the connection is not to be trusted again.
+                closing = b"Connection: close\r\n" if framing_conflict else b""
+                head = b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n" % (closing, len(body))
                 connection.sendall(head + body)
+                if framing_conflict:
+                    return
             elif not self._answer(connection, reader, path):
                 return
 
     @staticmethod
-    def _read_head(reader: Any) -> tuple[str, str, int | None] | None:
-        """The method, path and Content-Length (None: chunked or none) of the next request, its
-        head read; None once the client has closed."""
+    def _read_head(reader: Any) -> tuple[str, str, int | None, bool] | None:
+        """The method, path, Content-Length (None: chunked or none) of the next request, and
+        whether it says both Content-Length and chunked; None once the client has closed."""
         request_line = reader.readline()
         if not request_line:
             return None
-        length = None
+        length, chunked = None, False
         while (line := reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
+            if name.strip().lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
         method, path, _ = request_line.decode(errors="replace").split(maxsplit=2)
-        return method, path, length
+        # Transfer-Encoding wins over Content-Length (RFC 9112, 6.3).
+        return method, path, None if chunked else length, chunked and length is not None
 
     def _answer(self, connection: socket.socket, reader: Any, path: str) -> bool:
         """Answer as `path` asks; whether the connection may take another request."""

@@ -2,6 +2,8 @@
 the sum of every worker, and nothing at all when metrics are off."""
 
 import asyncio
+import contextlib
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.mmap_dict import MmapedDict
 from starlette.routing import Route
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -26,7 +29,7 @@ from {{ cookiecutter.package_name }}.metrics import (
 )
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RESOURCES, Scrape, scrape, serve
-from tests.processes import finish, running, url, wait_until_ready
+from tests.processes import children, finish, running, url, wait_until_ready
 from tests.servers import wait_until
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
@@ -256,3 +259,80 @@ def test_one_scrape_sums_every_worker(service_env: dict[str, str], tmp_path: Pat
     assert returncode == 0, stderr
     assert had_files
     assert not any((tmp_path / "tmp").iterdir()), "the metric files outlived the service"
+
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
+
+
+def worker_pids(pid: int) -> set[int]:
+    """uvicorn's workers of the service `pid` (multiprocessing's resource tracker aside)."""
+    workers = set()
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.add(child)
+    return workers
+
+
+def connection_limits(env: dict[str, str]) -> dict[str, float]:
+    """Every `*_connection_max` sample of one scrape: what a dead worker's files would double."""
+    scraped = Scrape(httpx.get(url(env, "/metrics")).text)
+    return {
+        f"{name}{sorted(labels)}": value
+        for (name, labels), value in scraped.samples.items()
+        if name.endswith("_connection_max")
+    }
+
+
+def wrote_its_limits(metric_files: Path, pid: int) -> bool:
+    """Whether worker `pid` has written its pools' limits to its live gauges' file."""
+    path = metric_files / f"gauge_livesum_{pid}.db"
+    if not path.exists():
+        return False
+    values = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+    return any("_connection_max" in key for key, *_ in values)
+
+
+def test_a_worker_that_dies_leaves_the_scrape(service_env: dict[str, str], tmp_path: Path) -> None:
+    service_env |= {
+        "WORKERS": "2",
+        "METRICS_SAMPLE_SECONDS": "0.1",
+        "TMPDIR": str(tmp_path / "tmp"),  # where the workers' metric files go
+    }
+    (tmp_path / "tmp").mkdir()
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        wait_until(
+            lambda: len(worker_pids(service.process.pid)) == 2, timeout=10, message="two workers"
+        )
+        (metric_files,) = (tmp_path / "tmp").glob("metrics-*")
+        victim, survivor = sorted(worker_pids(service.process.pid))
+        wait_until(
+            lambda: all(wrote_its_limits(metric_files, pid) for pid in (victim, survivor)),
+            timeout=10,
+            message="a worker never wrote its pools' figures",
+        )
+        before = connection_limits(service_env)
+        os.kill(victim, signal.SIGKILL)  # as the OOM killer does
+
+        def replaced() -> bool:
+            workers = worker_pids(service.process.pid)
+            return len(workers) == 2 and victim not in workers
+
+        wait_until(replaced, timeout=30, message="the dead worker was not replaced")
+        (newcomer,) = worker_pids(service.process.pid) - {survivor}
+        wait_until(
+            lambda: wrote_its_limits(metric_files, newcomer),
+            timeout=30,
+            message="the new worker never wrote its pools' figures",
+        )
+        wait_until_ready(service, service_env["PORT"])
+        after = connection_limits(service_env)
+        dead_files = sorted(path.name for path in metric_files.glob(f"gauge_live*_{victim}.db"))
+        service.process.send_signal(signal.SIGTERM)  # the workers with it
+        returncode, _, stderr = finish(service)
+
+    assert returncode == 0, stderr
+    assert before  # the pools' limits are there to be doubled
+    assert after == before
+    assert dead_files == []
+{%- endif %}

@@ -7,9 +7,11 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
@@ -25,6 +27,31 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class _Workers(Multiprocess):
+    """uvicorn's supervisor, which also tells prometheus-client when a worker is gone (killed by
+    the OOM killer, crashed, or replaced): the files of its live gauges would otherwise stay and
+    count in every scrape, twice the connection limits once it is replaced."""
+
+    def keep_subprocess_alive(self) -> None:
+        with self._marking_the_gone_dead():
+            super().keep_subprocess_alive()
+
+    def restart_all(self) -> None:
+        with self._marking_the_gone_dead():
+            super().restart_all()
+
+    @contextlib.contextmanager
+    def _marking_the_gone_dead(self) -> Iterator[None]:
+        before = {process.pid for process in self.processes}
+        try:
+            yield
+        finally:
+            gone = before - {process.pid for process in self.processes}
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # unset with METRICS_ENABLED=false
+                for pid in filter(None, gone):
+                    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def main(app: str = "{{ cookiecutter.package_name }}.main:app") -> None:
@@ -63,7 +90,7 @@ def main(app: str = "{{ cookiecutter.package_name }}.main:app") -> None:
         # would otherwise add the counters of an earlier run.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-")
         atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor = _Workers(config, sockets=[config.bind_socket()])
     supervisor.run()
     # uvicorn stops every worker when one fails to start, rather than restart it in a loop;
     # the exit status has to say so.
