@@ -1,9 +1,12 @@
+{%- set pools = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client -%}
 """GET /metrics: requests under their route templates, in-flight requests, each resource's life,
 the sum of every worker, and nothing at all when metrics are off."""
 
 import asyncio
+{% if pools -%}
 import contextlib
 import os
+{% endif -%}
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +14,9 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, generate_latest
+{%- if pools %}
 from prometheus_client.mmap_dict import MmapedDict
+{%- endif %}
 from starlette.routing import Route
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -29,7 +34,7 @@ from {{ cookiecutter.package_name }}.metrics import (
 )
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RESOURCES, Scrape, scrape, serve
-from tests.processes import children, finish, running, url, wait_until_ready
+from tests.processes import {{ "children, " if pools }}finish, running, url, wait_until_ready
 from tests.servers import wait_until
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
@@ -224,14 +229,19 @@ def default_pool_limit() -> int:
     return int(fields["db_pool_size"].default) + int(fields["db_max_overflow"].default)
 
 
-def test_one_scrape_sums_every_worker(service_env: dict[str, str], tmp_path: Path) -> None:
-    requests = 40
-    service_env |= {
+def with_two_workers(service_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The service's environment for two workers, their metric files under tmp_path/tmp."""
+    (tmp_path / "tmp").mkdir()
+    return service_env | {
         "WORKERS": "2",
         "METRICS_SAMPLE_SECONDS": "0.1",
         "TMPDIR": str(tmp_path / "tmp"),  # where the workers' metric files go
     }
-    (tmp_path / "tmp").mkdir()
+
+
+def test_one_scrape_sums_every_worker(service_env: dict[str, str], tmp_path: Path) -> None:
+    requests = 40
+    service_env = with_two_workers(service_env, tmp_path)
     with running("python -m", service_env, tmp_path) as service:
         wait_until_ready(service, service_env["PORT"])
         for _ in range(requests):
@@ -260,7 +270,7 @@ def test_one_scrape_sums_every_worker(service_env: dict[str, str], tmp_path: Pat
     assert had_files
     assert not any((tmp_path / "tmp").iterdir()), "the metric files outlived the service"
 
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
+{%- if pools %}
 
 
 def worker_pids(pid: int) -> set[int]:
@@ -293,12 +303,7 @@ def wrote_its_limits(metric_files: Path, pid: int) -> bool:
 
 
 def test_a_worker_that_dies_leaves_the_scrape(service_env: dict[str, str], tmp_path: Path) -> None:
-    service_env |= {
-        "WORKERS": "2",
-        "METRICS_SAMPLE_SECONDS": "0.1",
-        "TMPDIR": str(tmp_path / "tmp"),  # where the workers' metric files go
-    }
-    (tmp_path / "tmp").mkdir()
+    service_env = with_two_workers(service_env, tmp_path)
     with running("python -m", service_env, tmp_path) as service:
         wait_until_ready(service, service_env["PORT"])
         wait_until(

@@ -7,8 +7,8 @@ import asyncio
 import re
 import signal
 import time
-{% if cookiecutter.use_postgres -%}
 import uuid
+{% if cookiecutter.use_postgres -%}
 from collections.abc import Iterator
 {% endif -%}
 from concurrent.futures import ThreadPoolExecutor

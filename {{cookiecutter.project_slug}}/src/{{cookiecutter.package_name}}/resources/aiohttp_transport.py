@@ -72,7 +72,8 @@ class _Exchange:
 
 
 class _Connector(aiohttp.TCPConnector):
-    """aiohttp's pool, with three of its edges fixed (tests/test_http_transport.py has each).
+    """aiohttp's pool, with httpx's pool timeout and three of its edges fixed
+    (tests/test_http_transport.py has each).
 
     A connection it drops in the middle of an exchange (a timeout, a cancelled call, a response
     body left unread) is aborted rather than closed: a graceful close waits to flush what an
