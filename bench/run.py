@@ -121,7 +121,7 @@ def main() -> None:
             "BENCH_REDIS_URL": args.redis_url,
             "BENCH_UPSTREAM_URL": upstream,
         }
-        run([python.parent / "alembic", "upgrade", "head"], cwd=project, env=service_env)
+        run([python, "-m", f"{PACKAGE}.migrate"], cwd=project, env=service_env)
         with processes(logs) as group:
             print(f"startup and shutdown: {mode.startup_runs} starts of python -m {PACKAGE}")
             startup = measure_startup(group, python, project, service_env, mode.startup_runs)

@@ -22,8 +22,10 @@ FILES_BY_RESOURCE = {
         Path("tests") / "test_postgres.py",
         Path("tests") / "test_postgres_silent.py",
         Path("tests") / "test_migrations.py",
+        PACKAGE / "migrate.py",
+        PACKAGE / "migrations",
         Path("alembic.ini"),
-        Path("migrations"),
+        Path("deploy") / "k8s" / "migrate-job.yaml",
     ],
     "redis": [
         PACKAGE / "resources" / "redis.py",

@@ -282,6 +282,8 @@ class ProjectVenv:
         env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
         # The outage tests must run here: a missing redis-server or initdb fails them.
         env[project_servers.REQUIRE_SERVERS] = "1"
+        # tests/test_wheel.py builds and installs the wheel with the uv of the project's Makefile.
+        env["UV"] = find_uv_bin()
         return env | dict(self.overrides)
 
     def create(self, project_dir: Path, *, install_project: bool = True) -> StepResult:

@@ -38,6 +38,8 @@ OFFLINE_ENV = {
     "NO_PROXY": "",
 }
 K8S_FILES = ("deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml")
+# With PostgreSQL: the Job that applies the migrations before a rollout.
+MIGRATE_JOB = "migrate-job.yaml"
 # Servers the service talks to, by flag: compose and CI run one container each.
 SERVERS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
 HEALTH_COMMANDS = {"postgres": "pg_isready", "redis": "redis-cli ping"}
@@ -226,7 +228,8 @@ def test_dockerfile_copies_only_files_the_build_context_has(deployed: Deployed) 
 
     assert [source for source in sources if not deployed.path(source).exists()] == []
     assert [source for source in sources if dockerignored(source, ignored)] == []
-    assert ("migrations" in sources) == deployed.on("postgres")
+    # The migrations travel inside the wheel, found wherever it is installed.
+    assert not {"migrations", "alembic.ini"} & set(sources)
 
 
 # --- compose.yaml ---------------------------------------------------------------------------------
@@ -245,6 +248,8 @@ def test_compose_runs_a_server_for_each_enabled_resource(deployed: Deployed) -> 
     expected_conditions = {server: "service_healthy" for server in deployed.servers}
     if deployed.on("postgres"):
         expected_conditions["migrate"] = "service_completed_successfully"
+        assert services["migrate"]["command"] == ["python", "-m", f"{deployed.case.package}.migrate"]
+        assert services["migrate"]["image"] == app["image"]
     conditions = {name: dependency["condition"] for name, dependency in app.get("depends_on", {}).items()}
     assert conditions == expected_conditions
     for server, variable in SERVERS.items():
@@ -298,8 +303,13 @@ def test_workflow_runs_the_checks_against_a_container_per_enabled_server(deploye
 # --- Kubernetes -----------------------------------------------------------------------------------
 
 
+def k8s_files(deployed: Deployed) -> list[str]:
+    return [*K8S_FILES, *([MIGRATE_JOB] if deployed.on("postgres") else [])]
+
+
 def test_kubernetes_manifests_match_the_api_schemas(deployed: Deployed) -> None:
-    assert_ok(validate("kubernetes-validate", [*K8S_SCHEMA, *K8S_FILES], cwd=deployed.path("deploy/k8s")))
+    assert sorted(path.name for path in deployed.path("deploy/k8s").iterdir()) == sorted(k8s_files(deployed))
+    assert_ok(validate("kubernetes-validate", [*K8S_SCHEMA, *k8s_files(deployed)], cwd=deployed.path("deploy/k8s")))
 
 
 def container_env(container: dict) -> dict[str, dict]:
@@ -347,6 +357,34 @@ def test_deployment_takes_the_urls_of_enabled_servers_from_a_secret(deployed: De
     from_secrets = {name for name, variable in env.items() if "secretKeyRef" in variable.get("valueFrom", {})}
     assert from_secrets == {SERVERS[server] for server in deployed.servers}
     assert not any("value" in env[name] for name in from_secrets)
+
+
+def test_the_migration_job_runs_the_release_image_once_and_bounded(deployed: Deployed) -> None:
+    if not deployed.on("postgres"):
+        return
+    k8s = deployed.path("deploy/k8s")
+    deployment, job = load_yaml(k8s / "deployment.yaml"), load_yaml(k8s / MIGRATE_JOB)
+    pod, job_pod = deployment["spec"]["template"]["spec"], job["spec"]["template"]["spec"]
+    (app,), (migrate,) = pod["containers"], job_pod["containers"]
+
+    assert job["kind"] == "Job"
+    assert migrate["image"] == app["image"]
+    assert migrate["command"] == ["python", "-m", f"{deployed.case.package}.migrate"]
+    assert container_env(migrate)["DATABASE_URL"] == container_env(app)["DATABASE_URL"]
+    # One attempt at a time, a few retries, a deadline: a rollout never waits forever.
+    assert job["spec"].get("parallelism", 1) == 1
+    assert 0 < job["spec"]["backoffLimit"] <= 3
+    assert 0 < job["spec"]["activeDeadlineSeconds"] <= 600
+    assert job_pod["restartPolicy"] == "Never"
+    # Under the same restrictions as the service's own pods.
+    assert job_pod["securityContext"] == pod["securityContext"]
+    assert migrate["securityContext"] == app["securityContext"]
+    assert migrate["resources"]["limits"]["memory"] == app["resources"]["limits"]["memory"]
+    # The README's rollout order is the Job's own.
+    readme = deployed.path("README.md").read_text()
+    steps = (f"kubectl apply -f deploy/k8s/{MIGRATE_JOB}", "kubectl wait", "kubectl apply -f deploy/k8s/deployment.yaml")
+    rollout = [readme.index(step) for step in steps]
+    assert rollout == sorted(rollout)
 
 
 def test_service_and_budget_select_the_deployments_pods(deployed: Deployed) -> None:

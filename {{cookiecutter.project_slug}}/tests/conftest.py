@@ -198,8 +198,6 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
             "startup_timeout": 5.0,
 {%- if cookiecutter.use_postgres %}
             "database_url": database_url,
-            # Wherever the tests run from.
-            "alembic_config": ALEMBIC_INI,
 {%- endif %}
 {%- if cookiecutter.use_redis %}
             "redis_url": REDIS_URL,
@@ -238,7 +236,6 @@ def service_env(
         "STARTUP_TIMEOUT": "10",
 {%- if cookiecutter.use_postgres %}
         "DATABASE_URL": database_url,
-        "ALEMBIC_CONFIG": str(ALEMBIC_INI),
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         "REDIS_URL": REDIS_URL,

@@ -45,10 +45,15 @@ class Service:
 
 
 @contextmanager
-def running(how: str, env: dict[str, str], cwd: Path) -> Iterator[Service]:
+def running(
+    how: str, env: dict[str, str], cwd: Path, python: Path | None = None
+) -> Iterator[Service]:
+    """The service started `how` (a key of COMMANDS, or "slow app"), by this venv's Python or
+    `python`'s (another venv's)."""
     # uvicorn's CLI takes the port as an option; `python -m` reads PORT from the settings.
     port_option = ["--port", env["PORT"]] if how == "uvicorn" else []
-    command = SLOW_APP if how == "slow app" else COMMANDS[how]
+    executable, *arguments = SLOW_APP if how == "slow app" else COMMANDS[how]
+    command = [str(python or executable), *arguments]
     stdout = cwd / "stdout.log"
     with stdout.open("w") as stdout_file:
         process = subprocess.Popen(

@@ -40,6 +40,11 @@ REVISIONS = [
     for script in reversed(list(ScriptDirectory.from_config(Config(ALEMBIC_INI)).walk_revisions()))
 ]
 PROBES = 3
+# The migrations the package ships, and `python -m {{ cookiecutter.package_name }}.migrate`, which applies them.
+MIGRATIONS = PROJECT / "src" / "{{ cookiecutter.package_name }}" / "migrations"
+MIGRATE = [sys.executable, "-m", "{{ cookiecutter.package_name }}.migrate"]
+# The alembic command of this venv, run from the project (its alembic.ini).
+ALEMBIC_UPGRADE = [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"]
 
 
 def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -157,16 +162,17 @@ async def test_a_role_that_cannot_read_the_applied_migrations_is_not_ready(
 
 def test_the_service_reads_the_migrations_as_alembic_does(tmp_path: Path) -> None:
     # The project's migrations, then a branch and its merge: head -> (b1 -> b2, c1) -> m1.
-    shutil.copy(ALEMBIC_INI, tmp_path)
-    shutil.copytree(PROJECT / "migrations", tmp_path / "migrations")
-    config = Config(tmp_path / "alembic.ini")
+    shutil.copytree(MIGRATIONS, tmp_path / "migrations")
+    config = Config(ALEMBIC_INI)
+    config.set_main_option("script_location", str(tmp_path / "migrations"))
+    versions = tmp_path / "migrations" / "versions"
     head = REVISIONS[-1]
     command.revision(config, "b1", rev_id="b1", head=head)
     command.revision(config, "b2", rev_id="b2", head="b1")
     command.revision(config, "c1", rev_id="c1", head=head, splice=True)
-    branched, branched_by_alembic = read_revisions(tmp_path / "alembic.ini"), alembic_graph(config)
+    branched, branched_by_alembic = read_revisions(versions), alembic_graph(config)
     command.merge(config, "heads", message="m1", rev_id="m1")
-    merged, merged_by_alembic = read_revisions(tmp_path / "alembic.ini"), alembic_graph(config)
+    merged, merged_by_alembic = read_revisions(versions), alembic_graph(config)
 
     assert branched == branched_by_alembic
     assert SchemaCheck(branched).heads == {"b2", "c1"}
@@ -226,3 +232,40 @@ def test_a_database_that_cannot_be_created_is_one_line_and_exit_1() -> None:
         assert result.stderr.count("\n") == 1
         assert password not in result.stderr
     assert "permission denied to create database" in denied.stderr
+
+
+def upgrade(command: list[str], database_url: str, cwd: Path) -> tuple[int, str, str]:
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+async def upgrades(command: list[str], cwd: Path) -> list[tuple[int, str, str]]:
+    """`command` run on a new database, again on it migrated, and on it once a newer release
+    migrated it (a revision this code does not know)."""
+    async with empty_database() as url:
+        new = await asyncio.to_thread(upgrade, command, url, cwd)
+        again = await asyncio.to_thread(upgrade, command, url, cwd)
+        await admin_execute("UPDATE alembic_version SET version_num = 'f00dcafe'", url)
+        unknown = await asyncio.to_thread(upgrade, command, url, cwd)
+    return [new, again, unknown]
+
+
+async def test_the_migrate_module_answers_as_the_alembic_command_does(tmp_path: Path) -> None:
+    # The module from a folder with no alembic.ini; the command from the project's.
+    by_module = await upgrades(MIGRATE, tmp_path)
+    by_alembic = await upgrades(ALEMBIC_UPGRADE, PROJECT)
+
+    assert by_module == by_alembic
+    new, again, unknown = by_module
+    assert new[0] == again[0] == 0
+    assert "Running upgrade  -> 0001" in new[2]
+    assert "Running upgrade" not in again[2]
+    assert unknown[:2] == (255, "FAILED: Can't locate revision identified by 'f00dcafe'\n")

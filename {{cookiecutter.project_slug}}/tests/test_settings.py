@@ -3,9 +3,6 @@
 
 {% if secret_urls -%}
 from collections.abc import Callable
-{%- if cookiecutter.use_postgres %}
-from pathlib import Path
-{%- endif %}
 
 {% endif -%}
 import pytest
@@ -15,7 +12,7 @@ from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 {%- else -%}
 from {{ cookiecutter.package_name }}.settings import load_settings
 {%- endif %}
-{%- set urls = (["ADMIN_DATABASE_URL", "ALEMBIC_INI"] if cookiecutter.use_postgres else [])
+{%- set urls = (["ADMIN_DATABASE_URL"] if cookiecutter.use_postgres else [])
     + (["REDIS_URL"] if cookiecutter.use_redis else []) %}
 {%- if urls %}
 from tests.conftest import {{ urls | join(", ") }}
@@ -41,10 +38,6 @@ def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.Mon
     monkeypatch.chdir(str(tmp_path))
     for name, value in REQUIRED.items():
         monkeypatch.setenv(name, value)
-{%- if cookiecutter.use_postgres %}
-    # Not required, but its default, alembic.ini, is no file in this working directory.
-    monkeypatch.setenv("ALEMBIC_CONFIG", str(ALEMBIC_INI))
-{%- endif %}
     return monkeypatch
 
 
@@ -157,20 +150,4 @@ def test_pools_beyond_the_connection_budget_are_refused(environment: pytest.Monk
 
     environment.setenv("DB_CONNECTION_BUDGET", "60")
     assert load_settings().workers == 4
-
-
-def test_the_migrations_to_compare_with_must_be_there(environment: pytest.MonkeyPatch) -> None:
-    environment.delenv("ALEMBIC_CONFIG")  # alembic.ini in the working directory: none here
-
-    message = load_error(environment)
-
-    assert message == (
-        f"invalid settings: ALEMBIC_CONFIG: no file alembic.ini (from {Path.cwd()}): point it at"
-        " the alembic.ini of the service's migrations, or set DB_SCHEMA_CHECK=false"
-    )
-    environment.setenv("DB_SCHEMA_CHECK", "false")
-    assert load_settings().db_schema_check is False
-    environment.setenv("DB_SCHEMA_CHECK", "true")
-    environment.setenv("ALEMBIC_CONFIG", str(ALEMBIC_INI))
-    assert load_settings().alembic_config == ALEMBIC_INI
 {%- endif %}

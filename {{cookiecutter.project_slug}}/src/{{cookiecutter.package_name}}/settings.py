@@ -2,9 +2,6 @@
 {%- set typing_names = ["Annotated", "Literal"] + (["Self"] if cookiecutter.use_postgres else []) %}
 
 from ipaddress import ip_network
-{% if cookiecutter.use_postgres -%}
-from pathlib import Path
-{% endif -%}
 from typing import {{ typing_names | join(", ") }}
 {%- if cookiecutter.use_redis %}
 from urllib.parse import urlsplit
@@ -137,12 +134,9 @@ class Settings(BaseSettings):
     db_command_timeout: Seconds = 3.0
     # The most connections this process may hold; see README "Operating it" for the sizing rule.
     db_connection_budget: int = Field(default=50, ge=1)
-    # /health/ready answers 503 while a migration shipped with the service (those of
-    # ALEMBIC_CONFIG) is not applied to the database. false: the schema is managed otherwise.
+    # /health/ready answers 503 while a migration shipped in the package is not applied to the
+    # database. false: the schema is managed otherwise.
     db_schema_check: bool = True
-    # The alembic.ini of those migrations; a relative path starts from the working directory,
-    # as for the `alembic` command, which reads the same variable.
-    alembic_config: Path = Path("alembic.ini")
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 
@@ -197,15 +191,6 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         raise SystemExit(describe_invalid_settings(exc)) from None
-{%- if cookiecutter.use_postgres %}
-    # Checked once here, at startup, rather than by the model: validating stays free of I/O.
-    if settings.db_schema_check and not settings.alembic_config.is_file():
-        raise SystemExit(
-            f"invalid settings: ALEMBIC_CONFIG: no file {settings.alembic_config} (from"
-            f" {Path.cwd()}): point it at the alembic.ini of the service's migrations, or set"
-            " DB_SCHEMA_CHECK=false"
-        )
-{%- endif %}
     return settings
 {%- if cookiecutter.use_postgres %}
 

@@ -1,14 +1,14 @@
-"""The schema this code needs: the migrations shipped with the service (read once at startup
-from ALEMBIC_CONFIG), compared by each readiness check with those applied to the database
+"""The schema this code needs: the migrations shipped inside the package (read once at startup,
+wherever it is installed), compared by each readiness check with those applied to the database
 (Alembic's version table, read in the check's own round trip). A database behind them makes
 /health/ready a 503 naming the pending migrations, rather than each route a 500."""
 
 import ast
 import asyncio
-import configparser
 from collections.abc import Iterable, Mapping, Sequence
 from graphlib import TopologicalSorter
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import structlog
 from sqlalchemy import text
@@ -24,19 +24,18 @@ log = structlog.get_logger(__name__)
 _READ_APPLIED = text("SELECT version_num FROM alembic_version")
 # The table does not exist: no migration ever ran on this database.
 _UNDEFINED_TABLE = "42P01"
+# The migrations `python -m {{ cookiecutter.package_name }}.migrate` applies (its SCRIPT_LOCATION).
+VERSIONS = files("{{ cookiecutter.package_name }}") / "migrations" / "versions"
 
 
-def read_revisions(alembic_config: Path) -> dict[str, tuple[str, ...]]:
-    """Each migration's revision and the revisions it follows, from the files in
-    `<script_location>/versions`, read rather than imported: loading them with Alembic's script
-    directory would add Alembic, Mako and Pygments to every start of the service (about 10 MB
-    and a tenth of a second). tests/test_migrations.py checks that Alembic reads the same."""
-    config = configparser.ConfigParser(defaults={"here": str(alembic_config.resolve().parent)})
-    with alembic_config.open() as file:
-        config.read_file(file)
-    versions = Path(config.get("alembic", "script_location")) / "versions"
+def read_revisions(versions: Traversable = VERSIONS) -> dict[str, tuple[str, ...]]:
+    """Each migration's revision and the revisions it follows, from the files in `versions`,
+    read rather than imported: loading them with Alembic's script directory would add Alembic,
+    Mako and Pygments to every start of the service (about 10 MB and a tenth of a second).
+    tests/test_migrations.py checks that Alembic reads the same."""
     revisions: dict[str, tuple[str, ...]] = {}
-    for path in sorted(versions.glob("*.py")):
+    scripts = (path for path in versions.iterdir() if path.name.endswith(".py"))
+    for path in sorted(scripts, key=lambda path: path.name):
         constants = _module_constants(path)
         if isinstance(revision := constants.get("revision"), str):
             down = constants.get("down_revision")
@@ -47,10 +46,10 @@ def read_revisions(alembic_config: Path) -> dict[str, tuple[str, ...]]:
     return revisions
 
 
-def _module_constants(path: Path) -> dict[str, object]:
+def _module_constants(path: Traversable) -> dict[str, object]:
     """The module's top-level `name = <literal>` assignments (annotated or not)."""
     constants: dict[str, object] = {}
-    for node in ast.parse(path.read_text(), filename=str(path)).body:
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=path.name).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target, value = node.targets[0], node.value
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
@@ -138,7 +137,7 @@ async def applied_revisions(connection: AsyncConnection) -> Sequence[str]:
 
 
 async def schema_check(settings: Settings) -> SchemaCheck | None:
-    """The check of the migrations under ALEMBIC_CONFIG, or None with DB_SCHEMA_CHECK off."""
+    """The check of the package's migrations, or None with DB_SCHEMA_CHECK off."""
     if not settings.db_schema_check:
         return None
-    return SchemaCheck(await asyncio.to_thread(read_revisions, settings.alembic_config))
+    return SchemaCheck(await asyncio.to_thread(read_revisions))
