@@ -21,6 +21,7 @@ FILES_BY_RESOURCE = {
         Path("scripts") / "create_database.py",
         Path("tests") / "test_postgres.py",
         Path("tests") / "test_postgres_silent.py",
+        Path("tests") / "test_pgbouncer.py",
         Path("tests") / "test_migrations.py",
         PACKAGE / "migrate.py",
         PACKAGE / "migrations",

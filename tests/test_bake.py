@@ -56,6 +56,7 @@ RESOURCES: dict[str, Resource] = {
             "scripts/create_database.py",
             "tests/test_postgres.py",
             "tests/test_postgres_silent.py",
+            "tests/test_pgbouncer.py",
             "tests/test_migrations.py",
             "src/{package}/migrate.py",
             "src/{package}/migrations/env.py",

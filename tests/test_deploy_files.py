@@ -298,6 +298,7 @@ def test_workflow_runs_the_checks_against_a_container_per_enabled_server(deploye
     for command in ("ruff check .", "ruff format --check .", "mypy", "pytest"):
         assert commands.index(f"uv run --frozen {command}") > install, command
     assert any("apt-get install" in run and "redis-server" in run for run in commands) == deployed.on("redis")
+    assert any("apt-get install" in run and "pgbouncer" in run for run in commands) == deployed.on("postgres")
 
 
 # --- Kubernetes -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -794,16 +794,16 @@ def _postgres_bin_dir() -> Path | None:
     return next((path for path in candidates if (path / "postgres").is_file()), None)
 
 
-def _postgres_user() -> str | None:
-    """Whom to run the PostgreSQL programs as: PostgreSQL refuses to run as root (a compromised
-    server would own the machine), and tests in containers often run as root; so then as the
-    `postgres` system user. None: as ourselves."""
+def _postgres_user(server: str = "PostgreSQL") -> str | None:
+    """Whom to run the PostgreSQL programs (or PgBouncer) as: they refuse to run as root (a
+    compromised server would own the machine), and tests in containers often run as root; so
+    then as the `postgres` system user. None: as ourselves."""
     if os.geteuid() != 0:
         return None
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        cannot_start("running as root without a postgres user: cannot start a private PostgreSQL")
+        cannot_start(f"running as root without a postgres user: cannot start a private {server}")
     return "postgres"
 
 
@@ -885,3 +885,89 @@ class PrivatePostgres:
         with self._log.open("rb") as log:
             log.seek(position)
             return log.read().decode(errors="replace")
+
+
+@contextmanager
+def private_pgbouncer(server_url: str, *, pool_size: int = 2) -> Iterator[PrivatePgbouncer]:
+    """A private PgBouncer in transaction mode in front of the PostgreSQL server of
+    `server_url`, which it logs in to with that URL's user and password (a password is never
+    needed to reach PgBouncer itself). At most `pool_size` server connections per database."""
+    # Debian's package installs it in /usr/sbin, which is on root's PATH only.
+    binary = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if binary is None:
+        cannot_start("pgbouncer is not installed: cannot start a private PgBouncer")
+    user = _postgres_user("PgBouncer")
+    base = None if user is None else "/tmp"  # noqa: S108  (as for private_postgres)
+    with tempfile.TemporaryDirectory(prefix="private-pgbouncer-", dir=base) as directory:
+        server = PrivatePgbouncer(binary, Path(directory), server_url, pool_size, user)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+class PrivatePgbouncer:
+    """PgBouncer's own configuration in `directory`: every database of the server, each client
+    logging in as `CLIENT_USER` without a password (auth_type trust), each transaction handed
+    to whichever server connection is free."""
+
+    CLIENT_USER = "service"
+    process: subprocess.Popen[bytes]
+
+    def __init__(
+        self, binary: str, directory: Path, server_url: str, pool_size: int, user: str | None
+    ) -> None:
+        self.port = free_port()
+        self._log = directory / "pgbouncer.log"
+        server = urlsplit(server_url)
+        # A libpq-like connection string: a value in single quotes, a quote in it doubled.
+        target = {
+            "host": server.hostname or "127.0.0.1",
+            "port": str(server.port or 5432),
+            "user": unquote(server.username or "postgres"),
+        }
+        if server.password is not None:
+            target["password"] = unquote(server.password)
+        connection = " ".join(
+            f"{key}='{value.replace(chr(39), chr(39) * 2)}'" for key, value in target.items()
+        )
+        users = directory / "users.txt"
+        users.write_text(f'"{self.CLIENT_USER}" ""\n')
+        config = directory / "pgbouncer.ini"
+        config.write_text(
+            f"[databases]\n* = {connection}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {users}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
+            f"logfile = {self._log}\n"
+        )
+        if user is not None:
+            # It reads its files, and writes its log, as that user; the password stays private.
+            for path in (directory, users, config):
+                shutil.chown(path, user, user)
+            config.chmod(0o600)
+        self._command = [binary, str(config)]
+        self._user = user
+        self.start()
+
+    def url(self, database: str) -> str:
+        """The URL a client gives to reach `database` through PgBouncer."""
+        return f"postgresql+asyncpg://{self.CLIENT_USER}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self._user
+        )
+        wait_until(self._ready, timeout=10, message=f"pgbouncer on port {self.port}")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            log = self._log.read_text(errors="replace")[-2000:] if self._log.exists() else ""
+            pytest.fail(f"pgbouncer on port {self.port} exited:\n{log}")
+        return _accepts_connections(self.port)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: PgBouncer's immediate shutdown
+            self.process.wait(timeout=10)

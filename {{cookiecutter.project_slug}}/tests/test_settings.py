@@ -72,6 +72,9 @@ def test_the_environment_is_read(environment: pytest.MonkeyPatch) -> None:
         ("STARTUP_TIMEOUT", "0"),
         ("GRACEFUL_SHUTDOWN_TIMEOUT", "0"),
         ("FORWARDED_ALLOW_IPS", "127.0.0.1,ingress.local"),
+{%- if cookiecutter.use_postgres %}
+        ("DB_BEHIND_POOLER", "pgbouncer"),
+{%- endif %}
 {%- if cookiecutter.use_http_client %}
         ("HTTP_CLIENT_CA_BUNDLE", "/no/such/ca.pem"),
 {%- endif %}

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     # past these the connection is closed and the request gets a 503.
     db_connect_timeout: Seconds = 2.0
     db_command_timeout: Seconds = 3.0
+    # A pooler in transaction mode (PgBouncer) between the service and PostgreSQL hands each
+    # transaction to any of its server connections: no statement may stay prepared between
+    # transactions. Off: each connection keeps its prepared statements, one round trip fewer.
+    db_behind_pooler: bool = False
     # The most connections this process may hold; see README "Operating it" for the sizing rule.
     db_connection_budget: int = Field(default=50, ge=1)
     # /health/ready answers 503 while a migration shipped in the package is not applied to the

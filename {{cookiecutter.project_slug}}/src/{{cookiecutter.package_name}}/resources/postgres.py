@@ -25,6 +25,9 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 # A server that answers but will not serve: shutting down, crashed, starting up, full.
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+# The prepared statements kept per connection by asyncpg, and by SQLAlchemy's asyncpg adapter
+# on top (their defaults), unless DB_BEHIND_POOLER is on.
+_STATEMENT_CACHE_SIZE = 100
 
 
 async def ping(engine: AsyncEngine, schema: SchemaCheck | None = None) -> None:
@@ -99,6 +102,13 @@ async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
             # Every statement, commit and rollback; asyncpg then cancels it on the server too,
             # so no server-side statement_timeout is needed besides.
             command_timeout=settings.db_command_timeout,
+            # Without a cache asyncpg prepares each statement unnamed, and parses it again in
+            # the round trip that runs it: nothing stays on the server connection, which a
+            # transaction-mode pooler hands to another client after each transaction.
+            statement_cache_size=0 if settings.db_behind_pooler else _STATEMENT_CACHE_SIZE,
+            # A startup parameter, not a SET: PgBouncer passes application_name (and the
+            # client_encoding asyncpg sends) on to every server connection it lends, and
+            # refuses startup parameters it does not know.
             server_settings={"application_name": "{{ cookiecutter.project_slug }}"},
         )
     except (OSError, TimeoutError) as exc:
@@ -110,9 +120,21 @@ async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
 @asynccontextmanager
 async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[AsyncEngine]:
     url = make_url(settings.database_url.get_secret_value())
+    connect = partial(_connect, url, settings)
+    # SQLAlchemy's asyncpg adapter keeps prepared statements of its own, named by asyncpg; with
+    # none, each is asyncpg's unnamed one. (A unique name for each, which SQLAlchemy's docs show
+    # for PgBouncer, would leave every statement prepared on a server connection for good.)
+    statement_cache_size = 0 if settings.db_behind_pooler else _STATEMENT_CACHE_SIZE
+
+    def creator() -> Any:
+        # What `async_creator=connect` does, plus the adapter's argument, which that cannot pass.
+        return engine.sync_engine.dialect.loaded_dbapi.connect(
+            async_creator_fn=connect, prepared_statement_cache_size=statement_cache_size
+        )
+
     engine = create_async_engine(
         url,
-        async_creator=partial(_connect, url, settings),
+        creator=creator,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
