@@ -3,6 +3,8 @@ another of PgBouncer's server connections, so no statement may stay prepared bet
 private PgBouncer per test, with two server connections, so that transactions really hop."""
 
 import asyncio
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,8 +16,15 @@ from httpx import AsyncClient
 from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck, read_revisions
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import ADMIN_DATABASE_URL, asyncpg_dsn, serve
+from tests.conftest import (
+    ADMIN_DATABASE_URL,
+    admin_execute,
+    asyncpg_dsn,
+    new_database_url,
+    serve,
+)
 from tests.servers import PrivatePgbouncer, private_pgbouncer
 
 # PgBouncer's server connections per database: fewer than the service's pooled connections.
@@ -133,3 +142,35 @@ async def test_a_transaction_on_another_server_connection_needs_db_behind_pooler
         (error,) = [line for line in logged if line["event"] == "http.unhandled_error"]
         assert "InvalidSQLStatementNameError" in error["exception"]
         assert "does not exist" in error["exception"]
+
+
+async def applied_revisions(url: str) -> list[str]:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return [row[0] for row in await connection.fetch("SELECT version_num FROM alembic_version")]
+    finally:
+        await connection.close()
+
+
+def test_the_migrations_run_through_pgbouncer(pgbouncer: PrivatePgbouncer) -> None:
+    # The Kubernetes Job reads the service's DATABASE_URL: PgBouncer's, where there is one.
+    name, url = new_database_url()
+    asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
+    try:
+        migrated, again = (
+            subprocess.run(
+                [sys.executable, "-m", "{{ cookiecutter.package_name }}.migrate"],
+                env={"PATH": "/usr/bin:/bin", "DATABASE_URL": pgbouncer.url(name)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            for _ in range(2)
+        )
+        applied = asyncio.run(applied_revisions(url))
+    finally:
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    assert (migrated.returncode, again.returncode) == (0, 0), migrated.stderr + again.stderr
+    assert set(applied) == SchemaCheck(read_revisions()).heads

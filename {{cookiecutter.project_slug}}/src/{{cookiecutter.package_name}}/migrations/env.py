@@ -39,8 +39,15 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def run_migrations_online(url: URL) -> None:
-    # One connection for one run: nothing to pool.
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    engine = create_async_engine(
+        url,
+        # One connection for one run: nothing to pool.
+        poolclass=pool.NullPool,
+        # Nothing prepared to keep either: with no statement cache (asyncpg's, and SQLAlchemy's
+        # adapter's), no statement outlives its transaction, so the migrations also run through
+        # a transaction-mode pooler (PgBouncer), as DB_BEHIND_POOLER makes the service do.
+        connect_args={"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_migrations)
