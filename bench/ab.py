@@ -25,8 +25,8 @@ from bakes import BUILD, REPO, cookiecutter_config, install, run
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 from lifecycle import measure_startup
 from loadgen import WrkResult, ensure_installed, run_wrk
-from processes import Processes, free_port, processes, wait_for_status, wait_until_idle
-from serve import UVICORN
+from processes import free_port, processes, wait_for_status, wait_until_idle
+from serve import UVICORN, serve_one
 
 SIDES = ("before", "after")
 
@@ -78,7 +78,7 @@ def main() -> None:
             "REDIS_URL": args.redis_url,
             "HTTP_CLIENT_BASE_URL": f"http://127.0.0.1:{upstream_port}",
         }
-        urls = {side: serve(group, side, pythons[side], projects[side], env) for side in SIDES}
+        urls = {side: serve_one(group, side, pythons[side], projects[side], env) for side in SIDES}
         results: dict[str, list[WrkResult]] = {side: [] for side in SIDES}
         for side in SIDES:  # a warm-up round each, not counted
             run_wrk(wrk, urls[side] + args.path, connections=args.connections, threads=1, seconds=2)
@@ -99,14 +99,6 @@ def main() -> None:
                     startups[side]["idle_peak_rss_mb"] += startup.idle_peak_rss_mb
     report(args, results, startups)
 
-
-def serve(group: Processes, side: str, python: Path, project: Path, env: dict[str, str]) -> str:
-    port = free_port()
-    process = group.start(
-        side, [python.parent / "uvicorn", "my_service.main:app", "--port", str(port), *UVICORN], env=env, cwd=project
-    )
-    wait_for_status(f"http://127.0.0.1:{port}/health/ready", process, timeout=30)
-    return f"http://127.0.0.1:{port}"
 
 
 def report(

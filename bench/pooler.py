@@ -22,20 +22,12 @@ from pathlib import Path
 
 from bakes import BUILD, admin, bake, cookiecutter_config, install, run, with_database
 from loadgen import WrkResult, ensure_installed, run_wrk
-from processes import Processes, free_port, processes, request_json, wait_for_status, wait_until_idle
-from serve import UVICORN
+from processes import processes, request_json, wait_until_idle
+from serve import serve_one
 
 SIDES = ("off", "on")
 DB_NAME = "bench_pooler"
 
-
-def serve(group: Processes, side: str, python: Path, project: Path, env: dict[str, str]) -> str:
-    port = free_port()
-    process = group.start(
-        side, [python.parent / "uvicorn", "my_service.main:app", "--port", str(port), *UVICORN], env=env, cwd=project
-    )
-    wait_for_status(f"http://127.0.0.1:{port}/health/ready", process, timeout=30)
-    return f"http://127.0.0.1:{port}"
 
 
 def main() -> None:
@@ -62,10 +54,10 @@ def main() -> None:
     }
     admin(python, "create-db", admin_dsn, DB_NAME)
     try:
-        run([python.parent / "alembic", "upgrade", "head"], cwd=project, env=env)
+        run([python, "-m", "my_service.migrate"], cwd=project, env=env)
         with processes(work) as group:
             sides = {side: env | {"DB_BEHIND_POOLER": str(side == "on").lower()} for side in SIDES}
-            urls = {side: serve(group, side, python, project, sides[side]) for side in SIDES}
+            urls = {side: serve_one(group, side, python, project, sides[side]) for side in SIDES}
             note = request_json("POST", urls["off"] + "/notes", {"text": "bench"})
             path = f"/notes/{note['id']}"  # type: ignore[index]
             results: dict[str, list[WrkResult]] = {side: [] for side in SIDES}

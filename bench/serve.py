@@ -11,6 +11,7 @@ from endpoints import ENDPOINTS, FLOOD_CONNECTIONS, Endpoint
 from loadgen import WrkResult, run_wrk, run_wrk_under_flood
 from processes import (
     Processes,
+    free_port,
     http_status,
     peak_rss_mb,
     request_json,
@@ -58,6 +59,17 @@ class Served:
     bare_rss_mb: float
     note_id: int  # what GET /notes/{id} reads
     spans_exported: dict[str, int]  # what the OTLP sink received from the traced service
+
+
+def serve_one(group: Processes, name: str, python: Path, project: Path, env: dict[str, str]) -> str:
+    """The baked service under `name`, served by uvicorn as `make bench` serves it, once ready:
+    its base URL (bench/ab.py and bench/pooler.py compare two such)."""
+    port = free_port()
+    process = group.start(
+        name, [python.parent / "uvicorn", "my_service.main:app", "--port", str(port), *UVICORN], env=env, cwd=project
+    )
+    wait_for_status(f"http://127.0.0.1:{port}/health/ready", process, timeout=30)
+    return f"http://127.0.0.1:{port}"
 
 
 def start_apps(
