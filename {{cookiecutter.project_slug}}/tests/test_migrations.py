@@ -5,9 +5,12 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
+import asyncpg
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -17,6 +20,7 @@ from sqlalchemy.engine import make_url
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.migrate import ADVISORY_LOCK_KEY
 from {{ cookiecutter.package_name }}.readiness import NotReadyError
 from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck, read_revisions
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -26,13 +30,14 @@ from tests.conftest import (
     RESOURCES,
     admin_execute,
     alembic_config,
+    asyncpg_dsn,
     empty_database,
     migrate,
     new_database_url,
     scrape,
     serve,
 )
-from tests.servers import free_port
+from tests.servers import async_wait_until, free_port
 
 # Every migration, in the order `alembic upgrade` applies them, as Alembic itself reads them.
 REVISIONS = [
@@ -44,7 +49,9 @@ PROBES = 3
 MIGRATIONS = PROJECT / "src" / "{{ cookiecutter.package_name }}" / "migrations"
 MIGRATE = [sys.executable, "-m", "{{ cookiecutter.package_name }}.migrate"]
 # The alembic command of this venv, run from the project (its alembic.ini).
-ALEMBIC_UPGRADE = [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"]
+ALEMBIC = str(Path(sys.executable).parent / "alembic")
+ALEMBIC_UPGRADE = [ALEMBIC, "upgrade", "head"]
+LOCK_TIMEOUT = {"DB_MIGRATION_LOCK_TIMEOUT": "0.5"}
 
 
 def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -160,6 +167,29 @@ async def test_a_role_that_cannot_read_the_applied_migrations_is_not_ready(
     assert ready.json()["resources"]["postgres"]["error"] == "InsufficientPrivilegeError"
 
 
+def test_the_service_reads_its_own_migrations_as_alembic_does() -> None:
+    assert read_revisions() == alembic_graph(Config(ALEMBIC_INI))
+
+
+def test_a_migration_the_service_cannot_read_stops_it(tmp_path: Path) -> None:
+    shutil.copytree(MIGRATIONS / "versions", tmp_path, dirs_exist_ok=True)
+    (tmp_path / ".#0002_being_edited.py").write_text("an editor's lock file, not Python")
+    latin = "\n".join(
+        [
+            "# -*- coding: latin-1 -*-",
+            '"""Caf\xe9."""',
+            'revision = "0002"',
+            f'down_revision = "{REVISIONS[-1]}"',
+        ]
+    )
+    (tmp_path / "0002_latin.py").write_bytes(latin.encode("latin-1"))
+    assert read_revisions(tmp_path)["0002"] == (REVISIONS[-1],)
+
+    (tmp_path / "0003_computed.py").write_text('REVISION = "0003"\nrevision = REVISION\n')
+    with pytest.raises(ValueError, match=r"^migration 0003_computed.py: its revision is not a"):
+        read_revisions(tmp_path)
+
+
 def test_the_service_reads_the_migrations_as_alembic_does(tmp_path: Path) -> None:
     # The project's migrations, then a branch and its merge: head -> (b1 -> b2, c1) -> m1.
     shutil.copytree(MIGRATIONS, tmp_path / "migrations")
@@ -187,17 +217,24 @@ def test_the_service_reads_the_migrations_as_alembic_does(tmp_path: Path) -> Non
     check.compare(["m1"])
 
 
-def create_database(database_url: str) -> subprocess.CompletedProcess[str]:
-    """scripts/create_database.py, as `make migrate` runs it."""
+def run_on(
+    database_url: str, command: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`command` with DATABASE_URL (and `env`) alone in its environment."""
     return subprocess.run(
-        [sys.executable, "scripts/create_database.py"],
-        cwd=PROJECT,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url},
+        command,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
+
+
+def create_database(database_url: str) -> subprocess.CompletedProcess[str]:
+    """scripts/create_database.py, as `make migrate` runs it."""
+    return run_on(database_url, [sys.executable, "scripts/create_database.py"], PROJECT)
 
 
 def test_a_missing_database_is_created_once(tmp_path: Path) -> None:
@@ -235,15 +272,7 @@ def test_a_database_that_cannot_be_created_is_one_line_and_exit_1() -> None:
 
 
 def upgrade(command: list[str], database_url: str, cwd: Path) -> tuple[int, str, str]:
-    result = subprocess.run(
-        command,
-        cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_on(database_url, command, cwd)
     return result.returncode, result.stdout, result.stderr
 
 
@@ -269,3 +298,83 @@ async def test_the_migrate_module_answers_as_the_alembic_command_does(tmp_path: 
     assert "Running upgrade  -> 0001" in new[2]
     assert "Running upgrade" not in again[2]
     assert unknown[:2] == (255, "FAILED: Can't locate revision identified by 'f00dcafe'\n")
+
+
+def test_the_migrate_module_only_migrates(tmp_path: Path) -> None:
+    # A port nothing listens on: neither may connect.
+    unreachable = make_url(new_database_url()[1]).set(port=free_port())
+    unreachable_url = unreachable.render_as_string(hide_password=False)
+    helped = run_on(unreachable_url, [*MIGRATE, "--help"], tmp_path)
+    refused = run_on(unreachable_url, [*MIGRATE, "downgrade", "base"], tmp_path)
+
+    assert (helped.returncode, helped.stderr) == (0, "")
+    assert helped.stdout.startswith("usage: python -m {{ cookiecutter.package_name }}.migrate")
+    assert refused.returncode == 2
+    assert "unrecognized arguments: downgrade base" in refused.stderr
+
+
+async def test_a_migration_waiting_on_a_lock_fails_after_the_lock_timeout() -> None:
+    # A long transaction has read the table the downgrade drops: the DROP must wait for it.
+    async with empty_database() as url:
+        await asyncio.to_thread(migrate, url)
+        reader = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            async with reader.transaction():
+                await reader.fetch("SELECT * FROM notes")
+                started = time.monotonic()
+                downgrade = await asyncio.to_thread(
+                    run_on, url, [ALEMBIC, "downgrade", "base"], PROJECT, LOCK_TIMEOUT
+                )
+                waited = time.monotonic() - started
+            tables = await reader.fetch("SELECT FROM pg_tables WHERE tablename = 'notes'")
+        finally:
+            await reader.close()
+
+    assert downgrade.returncode == 1
+    assert "canceling statement due to lock timeout" in downgrade.stderr
+    # Well before the Job's deadline, however long the reader keeps its transaction.
+    assert waited < 30
+    # Nothing half done: the whole run was one transaction.
+    assert len(tables) == 1
+
+
+async def test_runs_at_once_go_one_after_the_other(tmp_path: Path) -> None:
+    async with empty_database() as url:
+        holder = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            # Held as a first run holds it: the second waits, and does nothing meanwhile.
+            await holder.execute(f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})")
+            second = await asyncio.to_thread(start_on, url, MIGRATE, tmp_path)
+            await async_wait_until(
+                partial(waits_for_the_lock, holder), within=30, message="it never waited"
+            )
+            tables_meanwhile = await holder.fetch(
+                "SELECT FROM pg_tables WHERE tablename = 'alembic_version'"
+            )
+            await holder.execute(f"SELECT pg_advisory_unlock({ADVISORY_LOCK_KEY})")
+            _, stderr = await asyncio.to_thread(second.communicate, timeout=60)
+        finally:
+            await holder.close()
+
+    assert tables_meanwhile == []
+    assert second.returncode == 0, stderr
+    assert "Running upgrade  -> 0001" in stderr
+
+
+def start_on(database_url: str, command: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def waits_for_the_lock(connection: asyncpg.Connection) -> bool:
+    waiting = await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    )
+    return bool(waiting)

@@ -140,6 +140,20 @@ def test_postgres_urls_are_normalised_to_asyncpg(
     assert settings.database_url.get_secret_value() == "postgresql+asyncpg://app:pw@db:5432/app"
 
 
+# A password with an '@' or ':' not percent-encoded: the parser takes part of it for the port.
+def test_a_database_url_that_does_not_parse_is_refused_without_echoing_it(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    environment.setenv("DATABASE_URL", "postgresql://app:Xy@Pr0d:Secr3t@db.internal:5432/app")
+
+    message = load_error(environment)
+
+    assert message == (
+        "invalid settings: DATABASE_URL: Value error, must look like"
+        " postgresql+asyncpg://user:password@host:5432/database"
+    )
+
+
 def test_pools_beyond_the_connection_budget_are_refused(environment: pytest.MonkeyPatch) -> None:
     environment.setenv("WORKERS", "4")
     environment.setenv("DB_POOL_SIZE", "10")

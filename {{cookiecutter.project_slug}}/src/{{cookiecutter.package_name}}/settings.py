@@ -55,6 +55,8 @@ def _use_asyncpg_driver(value: SecretStr) -> SecretStr:
         url = make_url(value.get_secret_value())
     except ArgumentError:
         url = None
+    except ValueError:  # a port that is no number, whose message may quote the password
+        url = None
     if url is None or url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
         # Never echo the value: it may hold a password.
         raise ValueError("must look like postgresql+asyncpg://user:password@host:5432/database")
@@ -200,22 +202,28 @@ def load_settings() -> Settings:
 
 
 class DatabaseSettings(BaseSettings):
-    """DATABASE_URL alone, from the environment or `.env`, read as the service reads it: for the
-    migrations and scripts/create_database.py, which must not demand every other required
-    variable (REDIS_URL, ...)."""
+    """DATABASE_URL, from the environment or `.env`, read as the service reads it, and what the
+    migrations need besides: for them and scripts/create_database.py, which must not demand
+    every other required variable (REDIS_URL, ...)."""
 
     model_config = Settings.model_config
 
     database_url: PostgresUrl
+    # A migration's statement that waits longer for a table's lock fails (lock_timeout): while
+    # it waits, every request that touches the table queues behind it.
+    db_migration_lock_timeout: Seconds = 10.0
+
+
+def load_database_settings() -> DatabaseSettings:
+    """DATABASE_URL and the rest, or exit with one line saying what is wrong (never a value)."""
+    try:
+        return DatabaseSettings()
+    except ValidationError as exc:
+        raise SystemExit(describe_invalid_settings(exc)) from None
 
 
 def load_database_url() -> URL:
-    """DATABASE_URL, or exit with one line saying what is wrong with it (never its value)."""
-    try:
-        settings = DatabaseSettings()
-    except ValidationError as exc:
-        raise SystemExit(describe_invalid_settings(exc)) from None
-    return make_url(settings.database_url.get_secret_value())
+    return make_url(load_database_settings().database_url.get_secret_value())
 {%- endif %}
 
 

@@ -4,12 +4,13 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy import pool, text
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.package_name }}.migrate import ADVISORY_LOCK_KEY
 from {{ cookiecutter.package_name }}.models import Base
-from {{ cookiecutter.package_name }}.settings import load_database_url
+from {{ cookiecutter.package_name }}.settings import DatabaseSettings, load_database_settings
 
 # What `alembic revision --autogenerate` and `alembic check` compare the database with.
 target_metadata = Base.metadata
@@ -27,7 +28,7 @@ def run_migrations_offline(url: URL) -> None:
         context.run_migrations()
 
 
-def run_migrations(connection: Connection) -> None:
+def run_migrations(connection: Connection, lock_timeout: float) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -35,10 +36,16 @@ def run_migrations(connection: Connection) -> None:
         compare_server_default=True,
     )
     with context.begin_transaction():
+        # Held until the run commits: another run waits here, then finds the revisions applied.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        # For the run's transaction only (as a pooler in transaction mode requires). A value
+        # in milliseconds: a setting cannot be a bind parameter.
+        connection.execute(text(f"SET LOCAL lock_timeout = {round(lock_timeout * 1000)}"))
         context.run_migrations()
 
 
-async def run_migrations_online(url: URL) -> None:
+async def run_migrations_online(settings: DatabaseSettings) -> None:
+    url = make_url(settings.database_url.get_secret_value())
     engine = create_async_engine(
         url,
         # One connection for one run: nothing to pool.
@@ -50,7 +57,7 @@ async def run_migrations_online(url: URL) -> None:
     )
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(run_migrations)
+            await connection.run_sync(run_migrations, settings.db_migration_lock_timeout)
     finally:
         await engine.dispose()
 
@@ -60,7 +67,8 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name)
 
+settings = load_database_settings()
 if context.is_offline_mode():
-    run_migrations_offline(load_database_url())
+    run_migrations_offline(make_url(settings.database_url.get_secret_value()))
 else:
-    asyncio.run(run_migrations_online(load_database_url()))
+    asyncio.run(run_migrations_online(settings))

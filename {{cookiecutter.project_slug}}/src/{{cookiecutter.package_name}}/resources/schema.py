@@ -34,22 +34,32 @@ def read_revisions(versions: Traversable = VERSIONS) -> dict[str, tuple[str, ...
     Mako and Pygments to every start of the service (about 10 MB and a tenth of a second).
     tests/test_migrations.py checks that Alembic reads the same."""
     revisions: dict[str, tuple[str, ...]] = {}
-    scripts = (path for path in versions.iterdir() if path.name.endswith(".py"))
-    for path in sorted(scripts, key=lambda path: path.name):
+    for path in sorted(versions.iterdir(), key=lambda path: path.name):
+        if not _is_migration(path.name):
+            continue
         constants = _module_constants(path)
-        if isinstance(revision := constants.get("revision"), str):
-            down = constants.get("down_revision")
-            if isinstance(down, str):
-                revisions[revision] = (down,)
-            else:  # None for the first migration, several revisions for a merge
-                revisions[revision] = tuple(down) if isinstance(down, tuple | list) else ()
+        revision = constants.get("revision")
+        if not isinstance(revision, str):
+            # Alembic, which imports the file, might know it: readiness would not.
+            raise ValueError(f"migration {path.name}: its revision is not a string literal")
+        down = constants.get("down_revision")
+        if isinstance(down, str):
+            revisions[revision] = (down,)
+        else:  # None for the first migration, several revisions for a merge
+            revisions[revision] = tuple(down) if isinstance(down, tuple | list) else ()
     return revisions
+
+
+def _is_migration(name: str) -> bool:
+    # Alembic's own rule: editors' lock files (.#name.py) and __init__.py are not migrations.
+    return name.endswith(".py") and not name.startswith((".#", "__init__"))
 
 
 def _module_constants(path: Traversable) -> dict[str, object]:
     """The module's top-level `name = <literal>` assignments (annotated or not)."""
     constants: dict[str, object] = {}
-    for node in ast.parse(path.read_text(encoding="utf-8"), filename=path.name).body:
+    # Bytes, so that a `# -*- coding: ... -*-` line is honoured as Python honours it.
+    for node in ast.parse(path.read_bytes(), filename=path.name).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target, value = node.targets[0], node.value
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
