@@ -5,7 +5,8 @@ from functools import partial
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-{%- set routers = (["cache"] if cookiecutter.use_redis else [])
+{%- set routers = ["background"]
+    + (["cache"] if cookiecutter.use_redis else [])
     + ["docs", "health", "metrics"]
     + (["notes"] if cookiecutter.use_postgres else [])
     + (["upstream"] if cookiecutter.use_http_client else []) %}
@@ -14,12 +15,10 @@ from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
 from {{ cookiecutter.package_name }}.metrics import request_metrics
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
-{%- if cookiecutter.use_postgres %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     respond_unavailable,
 )
-{%- endif %}
 {%- if cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.resources.redis import OUTAGE_ERRORS, respond_redis_unavailable
 {%- endif %}
@@ -60,9 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
         exception_handlers={
             RequestValidationError: _invalid_request,
-{%- if cookiecutter.use_postgres %}
+            # A resource that does not answer, or a full background supervisor: a 503.
             ResourceUnavailableError: respond_unavailable,
-{%- endif %}
 {%- if cookiecutter.use_redis %}
             **dict.fromkeys(OUTAGE_ERRORS, respond_redis_unavailable),
 {%- endif %}
@@ -87,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
 {%- if cookiecutter.use_http_client %}
     app.include_router(upstream.router)
 {%- endif %}
+    app.include_router(background.router)
     if settings.metrics_enabled:
         # The last router: each is a routing layer of its own, which every request to a route
         # after it pays for; a scrape every few seconds can pay that instead.
