@@ -112,11 +112,12 @@ async def test_a_full_supervisor_refuses_work_with_a_503(
 
     assert accepted.status_code == 202
     assert refused.status_code == 503
-    assert refused.json() == {"detail": "background is unavailable"}
+    reason = "too many background tasks are running"
+    assert refused.json() == {"detail": f"background work refused: {reason}"}
     assert refused.headers["Retry-After"] == "1"
-    [unavailable] = logged(events, "resource.unavailable")
-    assert unavailable["resource"] == "background"
-    assert "BACKGROUND_MAX_TASKS" in unavailable["error"]
+    [refusal] = logged(events, "background.refused")
+    assert refusal["request_id"] == refused.headers["X-Request-ID"]
+    assert {"task": "example", "reason": reason, "running": 1}.items() <= refusal.items()
     # The task that was accepted did not outlive the app: with no time to drain, it was
     # cancelled at shutdown, and said so.
     [cancelled] = logged(events, "background.cancelled")
@@ -197,6 +198,7 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
         stopped_after = time.monotonic() - signalled
 
     assert refused.status_code == 503
+    assert refused.json() == {"detail": "background work refused: the service is stopping"}
     assert refused.headers["Retry-After"] == "1"
     assert returncode == 0, stderr
     lines = json_lines(stdout)
@@ -211,9 +213,10 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
     }
     [draining] = [line for line in lines if line["event"] == "background.draining"]
     assert draining["running"] == 2
-    # The stuck task had its BACKGROUND_DRAIN_SECONDS, and not much more.
+    # The stuck task had its BACKGROUND_DRAIN_SECONDS, and not much more (the event loop's
+    # timers may fire a millisecond early).
     waited = timestamp(ends["stuck"]) - timestamp(draining)
-    assert 3 <= waited < 3 + 1
+    assert 3 - 0.05 <= waited < 3 + 1
     assert stopped_after < 2 + 3 + 5
     # Drained while the resources were still open: they close after the last task.
     events = [line["event"] for line in lines]

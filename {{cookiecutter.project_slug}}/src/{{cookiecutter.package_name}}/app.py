@@ -15,10 +15,12 @@ from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
 from {{ cookiecutter.package_name }}.metrics import request_metrics
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
+{%- if cookiecutter.use_postgres %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     respond_unavailable,
 )
+{%- endif %}
 {%- if cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.resources.redis import OUTAGE_ERRORS, respond_redis_unavailable
 {%- endif %}
@@ -59,8 +61,9 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
         exception_handlers={
             RequestValidationError: _invalid_request,
-            # A resource that does not answer, or a full background supervisor: a 503.
+{%- if cookiecutter.use_postgres %}
             ResourceUnavailableError: respond_unavailable,
+{%- endif %}
 {%- if cookiecutter.use_redis %}
             **dict.fromkeys(OUTAGE_ERRORS, respond_redis_unavailable),
 {%- endif %}

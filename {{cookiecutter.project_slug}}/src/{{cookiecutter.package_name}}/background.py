@@ -8,12 +8,11 @@ import contextvars
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from {{ cookiecutter.package_name }}.metrics import BACKGROUND_FINISHED, BACKGROUND_RUNNING
-from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.shutdown import ShutdownState
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
@@ -21,12 +20,9 @@ from {{ cookiecutter.package_name }}.timing import elapsed_ms
 log = structlog.get_logger(__name__)
 
 
-class BackgroundRefusedError(ResourceUnavailableError):
-    """The supervisor takes no more work: it is full, or the service is stopping. A route that
-    does not catch it answers 503 with Retry-After, as for any resource that is unavailable."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("background", reason)
+class BackgroundRefusedError(Exception):
+    """The supervisor takes no more work: it is full, or the service is stopping. The route
+    decides what then: answer 503 (the example), or do the work itself, in the request."""
 
 
 class Supervisor:
@@ -43,11 +39,9 @@ class Supervisor:
         """Run `work` from now on, concurrently with the rest of the request and beyond its
         response. Raises BackgroundRefusedError when full or stopping: the route decides."""
         if self._closing or self._shutdown.draining:
-            work.close()  # never to run: closed, or Python warns that it was never awaited
-            raise BackgroundRefusedError("the service is stopping")
+            self._refuse(name, work, "the service is stopping")
         if len(self._tasks) >= self._max_tasks:
-            work.close()
-            raise BackgroundRefusedError(f"all {self._max_tasks} BACKGROUND_MAX_TASKS are running")
+            self._refuse(name, work, "too many background tasks are running")
         # A context of its own, not a copy of the request's (asyncio's default): that would
         # hand the task whatever the request set in context variables, such as its trace span,
         # which ends with the response. The task gets the request's log fields back instead.
@@ -59,6 +53,11 @@ class Supervisor:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, name: str, work: Coroutine[Any, Any, object], reason: str) -> NoReturn:
+        work.close()  # never to run: closed, or Python warns that it was never awaited
+        log.warning("background.refused", task=name, reason=reason, running=len(self._tasks))
+        raise BackgroundRefusedError(reason)
 
     async def _run(
         self, name: str, work: Coroutine[Any, Any, object], request_fields: dict[str, Any]

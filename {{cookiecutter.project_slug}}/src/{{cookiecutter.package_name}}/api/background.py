@@ -2,9 +2,10 @@
 
 import asyncio
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
+from {{ cookiecutter.package_name }}.background import BackgroundRefusedError
 from {{ cookiecutter.package_name }}.dependencies import Background
 
 router = APIRouter(prefix="/background", tags=["background"])
@@ -30,7 +31,14 @@ async def _stand_in_work(seconds: float) -> None:
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {}},
 )
 async def start_example(job: Job, background: Background) -> Accepted:
-    # Full or stopping, spawn raises BackgroundRefusedError: left uncaught, it is a 503 with
-    # Retry-After. A route that would rather do the work itself catches it.
-    background.spawn("example", _stand_in_work(job.seconds))
+    try:
+        background.spawn("example", _stand_in_work(job.seconds))
+    except BackgroundRefusedError as exc:
+        # Full or stopping: shed the load, as for any resource that is unavailable; the client
+        # tries again later, perhaps on another replica.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"background work refused: {exc}",
+            headers={"Retry-After": "1"},
+        ) from None
     return Accepted(task="example")
