@@ -155,6 +155,8 @@ def test_a_failing_task_is_logged_once_without_locals_and_harms_nothing(
     [failed] = [line for line in lines if line["event"] == "background.failed"]
     assert failed["task"] == "failing"
     assert failed["request_id"] == failing.headers["X-Request-ID"]
+    # A context of its own: nothing of the request's but its log fields (no trace span).
+    assert "trace_id" not in failed
     assert "_fail" in [frame["name"] for frame in traceback_frames(failed)]
     # Logged once: no other error line (asyncio's "exception was never retrieved"), no locals.
     assert [line for line in lines if line["level"] == "error"] == [failed]
