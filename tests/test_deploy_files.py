@@ -333,13 +333,15 @@ def test_deployment_probes_and_shutdown_fit_the_service(deployed: Deployed) -> N
     assert {probe["port"] for probe in probes.values()} <= port_names
 
     # SIGKILL comes terminationGracePeriodSeconds after the preStop hook starts: the pause, the
-    # requests in flight and every resource closing in turn must fit before it.
+    # requests in flight, the background tasks' drain and every resource closing in turn must fit
+    # before it.
     pause_command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pause_command[0] == "sleep"
     enabled_resources = [name for name in RESOURCES_CLOSED_AT_SHUTDOWN if deployed.on(name)]
     graceful = int(env["GRACEFUL_SHUTDOWN_TIMEOUT"]["value"])
+    background_drain = float(env["BACKGROUND_DRAIN_SECONDS"]["value"])
     close_each = float(env["SHUTDOWN_TIMEOUT"]["value"])
-    longest_stop = float(pause_command[1]) + graceful + close_each * len(enabled_resources)
+    longest_stop = float(pause_command[1]) + graceful + background_drain + close_each * len(enabled_resources)
     assert pod["terminationGracePeriodSeconds"] > longest_stop
     # The manifest's GRACEFUL_SHUTDOWN_TIMEOUT is the one the service reads.
     assert set(env) <= settings_variables(deployed.project, deployed.case.package)

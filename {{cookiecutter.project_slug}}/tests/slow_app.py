@@ -1,13 +1,16 @@
 """The service's own app plus routes that take their time, for the shutdown tests to stop it
-while requests are in flight, one that reads a whole request body, and one that fails, for what
-an unhandled error logs: `main("tests.slow_app:app")` serves it as `python -m` would."""
+while requests are in flight, one that reads a whole request body, one that fails, for what
+an unhandled error logs, and background tasks that wait for a test or fail:
+`main("tests.slow_app:app")` serves it as `python -m` would."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from {{ cookiecutter.package_name }}.dependencies import Background
 from {{ cookiecutter.package_name }}.main import app
 
 
@@ -51,3 +54,26 @@ async def body(request: Request) -> int:
 @app.get("/test/fail")
 async def fail() -> None:
     raise RuntimeError("a bug in a route")
+
+
+@app.post("/test/background/wait", status_code=202)
+async def background_wait(name: str, until: str, background: Background) -> None:
+    """A task that runs until the file `until` exists: the test ends it when it chooses."""
+
+    async def wait() -> None:
+        # A poll, not an Event: the signal comes from the test, another process.
+        while not Path(until).exists():  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.02)
+
+    background.spawn(name, wait())
+
+
+async def _fail(token: str) -> None:
+    await asyncio.sleep(0)
+    raise RuntimeError("a bug in a background task")
+
+
+@app.post("/test/background/fail", status_code=202)
+async def background_fail(background: Background) -> None:
+    # A local variable a traceback with locals would show.
+    background.spawn("failing", _fail("s3cret-in-a-local"))

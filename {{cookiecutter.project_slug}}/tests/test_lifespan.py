@@ -58,7 +58,14 @@ async def test_opens_in_order_and_closes_in_reverse(
     settings: Settings, events: list[EventDict]
 ) -> None:
     async with app_lifespan(settings) as state:
-        expected_state = {"settings", "shutdown", "metrics", "readiness_checks", *RESOURCES}
+        expected_state = {
+            "settings",
+            "shutdown",
+            "metrics",
+            "background",
+            "readiness_checks",
+            *RESOURCES,
+        }
 {%- if cookiecutter.use_postgres %}
         expected_state.add("postgres_schema")
 {%- endif %}

@@ -5,7 +5,8 @@ from functools import partial
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-{%- set routers = (["cache"] if cookiecutter.use_redis else [])
+{%- set routers = ["background"]
+    + (["cache"] if cookiecutter.use_redis else [])
     + ["docs", "health", "metrics"]
     + (["notes"] if cookiecutter.use_postgres else [])
     + (["upstream"] if cookiecutter.use_http_client else []) %}
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
 {%- if cookiecutter.use_http_client %}
     app.include_router(upstream.router)
 {%- endif %}
+    app.include_router(background.router)
     if settings.metrics_enabled:
         # The last router: each is a routing layer of its own, which every request to a route
         # after it pays for; a scrape every few seconds can pay that instead.

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 {%- endif %}
 
+from {{ cookiecutter.package_name }}.background import Supervisor
 from {{ cookiecutter.package_name }}.readiness import SharedChecks
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, describe
@@ -64,6 +65,14 @@ async def _metrics_registry(request: Request) -> CollectorRegistry:
 
 
 MetricsRegistry = Annotated[CollectorRegistry, Depends(_metrics_registry)]
+
+
+async def _background(request: Request) -> Supervisor:
+    return cast(Supervisor, request.state.background)
+
+
+# Spawns work that goes on after the response (background.py).
+Background = Annotated[Supervisor, Depends(_background)]
 {%- if cookiecutter.use_postgres %}
 
 

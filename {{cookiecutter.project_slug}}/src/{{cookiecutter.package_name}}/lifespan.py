@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 {%- endif %}
 
+from {{ cookiecutter.package_name }}.background import Supervisor, supervise_background
 from {{ cookiecutter.package_name }}.metrics import expose_metrics
 from {{ cookiecutter.package_name }}.readiness import SharedChecks, shared_checks
 {% if cookiecutter.use_http_client -%}
@@ -81,6 +82,7 @@ class State(TypedDict):
     readiness_checks: SharedChecks
     # What GET /metrics renders.
     metrics: CollectorRegistry
+    background: Supervisor
 {%- if cookiecutter.use_postgres %}
     postgres: AsyncEngine
     # What readiness compares the database with; None with DB_SCHEMA_CHECK=false.
@@ -185,6 +187,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             "http_client": http_client,
 {%- endif %}
             "metrics": metrics,
+            # After the resources, so that it exits before them: the tasks still running use
+            # them while they drain.
+            "background": await stack.enter_async_context(supervise_background(settings, shutdown)),
             # Last in, so first out: no check still runs on a resource that is closing.
             "readiness_checks": await stack.enter_async_context(shared_checks(settings)),
         }

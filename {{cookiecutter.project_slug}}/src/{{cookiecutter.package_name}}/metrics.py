@@ -1,4 +1,5 @@
-"""Prometheus metrics: every request, every connection pool and every resource's life.
+"""Prometheus metrics: every request, every connection pool, every resource's life and the
+background tasks.
 
 Names follow the OpenTelemetry semantic conventions as Prometheus renders them
 (`http.server.request.duration` becomes `http_server_request_duration_seconds`).
@@ -100,6 +101,17 @@ RESOURCE_OPEN_DURATION = Gauge(
     "How long the resource took to open at startup, retries included (the slowest worker).",
     ["resource"],
     multiprocess_mode="livemax",
+)
+
+BACKGROUND_RUNNING = Gauge(
+    "background_tasks_running",
+    "Background tasks running now (the sum of all workers).",
+    multiprocess_mode="livesum",
+)
+BACKGROUND_FINISHED = Counter(
+    "background_tasks_finished",
+    "Background tasks that ended, by outcome (ok, failed, timed_out, cancelled).",
+    ["outcome"],
 )
 
 

@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     # Then how long requests in flight may take to finish before uvicorn cancels them and the
     # resources close. Whole seconds: uvicorn takes an int.
     graceful_shutdown_timeout: int = Field(default=10, ge=1)
+    # Background tasks (background.py) running at once; a spawn beyond gets a 503. Each task
+    # holds memory and perhaps a pooled connection: a flood of requests must not pile up work.
+    background_max_tasks: int = Field(default=100, ge=1)
+    # How long one background task may run before it is cancelled (background.timed_out), so
+    # that a stuck task cannot hold its slot for ever.
+    background_task_timeout: Seconds = 30.0
+    # After the last request, how long the background tasks still running may take to finish
+    # before they are cancelled (0: cancel them at once).
+    background_drain_seconds: float = Field(default=5.0, ge=0)
     # Per-resource limit of one /health/ready check.
     readiness_timeout: Seconds = 1.0
     # Concurrent /health/ready calls share one check per resource; a finished check's result is
