@@ -300,6 +300,16 @@ async def test_the_migrate_module_answers_as_the_alembic_command_does(tmp_path: 
     assert unknown[:2] == (255, "FAILED: Can't locate revision identified by 'f00dcafe'\n")
 
 
+async def test_the_migrations_read_the_url_as_the_service_does(tmp_path: Path) -> None:
+    # Options of libpq's that asyncpg reads too; SQLAlchemy alone would pass them to asyncpg as
+    # keyword arguments (TypeError: unexpected keyword argument 'sslmode').
+    async with empty_database() as url:
+        with_options = f"{url}?sslmode=disable&application_name=migrations"
+        migrated = await asyncio.to_thread(run_on, with_options, MIGRATE, tmp_path)
+
+    assert migrated.returncode == 0, migrated.stderr
+
+
 def test_the_migrate_module_only_migrates(tmp_path: Path) -> None:
     # A port nothing listens on: neither may connect.
     unreachable = make_url(new_database_url()[1]).set(port=free_port())

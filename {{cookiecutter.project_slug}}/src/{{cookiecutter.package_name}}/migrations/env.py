@@ -1,15 +1,17 @@
 """How Alembic reaches the database: DATABASE_URL, read as the service reads it, on asyncpg."""
 
 import asyncio
+from functools import partial
 from logging.config import fileConfig
 
+import asyncpg
 from alembic import context
 from sqlalchemy import pool, text
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.migrate import ADVISORY_LOCK_KEY
 from {{ cookiecutter.package_name }}.models import Base
+from {{ cookiecutter.package_name }}.resources.postgres import asyncpg_dsn, asyncpg_engine
 from {{ cookiecutter.package_name }}.settings import DatabaseSettings, load_database_settings
 
 # What `alembic revision --autogenerate` and `alembic check` compare the database with.
@@ -46,14 +48,15 @@ def run_migrations(connection: Connection, lock_timeout: float) -> None:
 
 async def run_migrations_online(settings: DatabaseSettings) -> None:
     url = make_url(settings.database_url.get_secret_value())
-    engine = create_async_engine(
+    engine = asyncpg_engine(
         url,
+        # Connected as the service connects: asyncpg reads the whole URL. With no statement
+        # cache (asyncpg's, and SQLAlchemy's adapter's), no statement outlives its transaction,
+        # so the migrations also run through a transaction-mode pooler (PgBouncer).
+        partial(asyncpg.connect, asyncpg_dsn(url), statement_cache_size=0),
+        prepared_statement_cache_size=0,
         # One connection for one run: nothing to pool.
         poolclass=pool.NullPool,
-        # Nothing prepared to keep either: with no statement cache (asyncpg's, and SQLAlchemy's
-        # adapter's), no statement outlives its transaction, so the migrations also run through
-        # a transaction-mode pooler (PgBouncer), as DB_BEHIND_POOLER makes the service do.
-        connect_args={"statement_cache_size": 0, "prepared_statement_cache_size": 0},
     )
     try:
         async with engine.connect() as connection:

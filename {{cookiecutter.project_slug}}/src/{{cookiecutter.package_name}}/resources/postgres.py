@@ -1,6 +1,6 @@
 """PostgreSQL: one pooled SQLAlchemy async engine (asyncpg driver) for the whole process."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, cast
@@ -92,10 +92,37 @@ def _replace_if_closed(
         raise DisconnectionError("the server closed this pooled connection")
 
 
+def asyncpg_engine(
+    url: URL,
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    prepared_statement_cache_size: int,
+    **options: Any,
+) -> AsyncEngine:
+    """An engine whose connections `connect` opens, so that asyncpg reads the whole URL, its
+    options (`?sslmode=require`, ...) included: SQLAlchemy would pass those to asyncpg as
+    keyword arguments it does not take. The migrations' engine too."""
+
+    def creator() -> Any:
+        # What `async_creator=connect` does, plus the argument of SQLAlchemy's asyncpg adapter,
+        # which that cannot pass: the adapter keeps prepared statements of its own, named by
+        # asyncpg; with none, each is asyncpg's unnamed one.
+        return engine.sync_engine.dialect.loaded_dbapi.connect(
+            async_creator_fn=connect, prepared_statement_cache_size=prepared_statement_cache_size
+        )
+
+    engine = create_async_engine(url, creator=creator, **options)
+    return engine
+
+
+def asyncpg_dsn(url: URL) -> str:
+    """`url` as asyncpg reads it, password included."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(
-            url.set(drivername="postgresql").render_as_string(hide_password=False),
+            asyncpg_dsn(url),
             # The whole connect, TCP and authentication included: a server that accepts the
             # connection and then says nothing must not hold a request.
             timeout=settings.db_connect_timeout,
@@ -120,21 +147,12 @@ async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
 @asynccontextmanager
 async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[AsyncEngine]:
     url = make_url(settings.database_url.get_secret_value())
-    connect = partial(_connect, url, settings)
-    # SQLAlchemy's asyncpg adapter keeps prepared statements of its own, named by asyncpg; with
-    # none, each is asyncpg's unnamed one. (A unique name for each, which SQLAlchemy's docs show
-    # for PgBouncer, would leave every statement prepared on a server connection for good.)
-    statement_cache_size = 0 if settings.db_behind_pooler else _STATEMENT_CACHE_SIZE
-
-    def creator() -> Any:
-        # What `async_creator=connect` does, plus the adapter's argument, which that cannot pass.
-        return engine.sync_engine.dialect.loaded_dbapi.connect(
-            async_creator_fn=connect, prepared_statement_cache_size=statement_cache_size
-        )
-
-    engine = create_async_engine(
+    engine = asyncpg_engine(
         url,
-        creator=creator,
+        partial(_connect, url, settings),
+        # Behind a pooler, none. (A unique name for each statement, which SQLAlchemy's docs
+        # show for PgBouncer, would leave every one prepared on a server connection for good.)
+        prepared_statement_cache_size=0 if settings.db_behind_pooler else _STATEMENT_CACHE_SIZE,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
