@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -353,6 +354,33 @@ async def test_a_query_the_shutdown_cuts_off_is_a_503(
 
     assert response.status_code == 503
     assert response.json() == UNAVAILABLE
+
+
+async def test_a_statement_past_the_command_timeout_ends_on_the_server_too(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    app = add_test_routes(create_app(make_settings(db_command_timeout=0.5)))
+    async with serve(app) as client:
+        timed_out = await client.get("/test/hold", params={"seconds": 60})
+    database = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        # The client dropped its connection at once; the server ends the statement just after,
+        # not when its 60 seconds are up.
+        await async_wait_until(
+            partial(sleeping_sessions_gone, database), within=10, message="pg_sleep runs on"
+        )
+    finally:
+        await database.close()
+
+    assert timed_out.status_code == 503
+
+
+async def sleeping_sessions_gone(database: asyncpg.Connection) -> bool:
+    sleeping = await database.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
+    )
+    return not sleeping
 
 
 async def test_connections_a_restart_dropped_never_reach_a_request(

@@ -28,6 +28,8 @@ _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 # The prepared statements kept per connection by asyncpg, and by SQLAlchemy's asyncpg adapter
 # on top (their defaults), unless DB_BEHIND_POOLER is on.
 _STATEMENT_CACHE_SIZE = 100
+# How much later than the client's DB_COMMAND_TIMEOUT the server's statement_timeout fires.
+_SERVER_TIMEOUT_MARGIN = 1.0
 
 
 async def ping(engine: AsyncEngine, schema: SchemaCheck | None = None) -> None:
@@ -121,13 +123,13 @@ def asyncpg_dsn(url: URL) -> str:
 
 async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(
+        connection = await asyncpg.connect(
             asyncpg_dsn(url),
             # The whole connect, TCP and authentication included: a server that accepts the
             # connection and then says nothing must not hold a request.
             timeout=settings.db_connect_timeout,
-            # Every statement, commit and rollback; asyncpg then cancels it on the server too,
-            # so no server-side statement_timeout is needed besides.
+            # Every statement, commit and rollback: past it the request gets a 503 and the
+            # connection is dropped (see `_handle_error`).
             command_timeout=settings.db_command_timeout,
             # Without a cache asyncpg prepares each statement unnamed, and parses it again in
             # the round trip that runs it: nothing stays on the server connection, which a
@@ -138,10 +140,29 @@ async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
             # refuses startup parameters it does not know.
             server_settings={"application_name": "{{ cookiecutter.project_slug }}"},
         )
+        if not settings.db_behind_pooler:
+            await _end_statements_the_client_gave_up(connection, settings.db_command_timeout)
     except (OSError, TimeoutError) as exc:
         # Refused, reset or silent: the server is not there. Raised here, where it is certain
         # that the error is the database's, so that an OSError of a handler's own stays a 500.
         raise ResourceUnavailableError("postgres", describe(exc)) from exc
+    return connection
+
+
+async def _end_statements_the_client_gave_up(
+    connection: asyncpg.Connection, command_timeout: float
+) -> None:
+    """A statement past DB_COMMAND_TIMEOUT is the client's 503, and its connection is dropped;
+    but that stops no statement: the server would run it on (or wait on its lock), a session
+    beyond the pool's count. The server's statement_timeout ends it just after the client gave
+    up (not before: cancelled by the server, it would be a 500). Session state, so not behind a
+    transaction-mode pooler: set it on the database role there (README: Scaling out)."""
+    milliseconds = round((command_timeout + _SERVER_TIMEOUT_MARGIN) * 1000)
+    try:
+        await connection.execute(f"SET statement_timeout = {milliseconds}")
+    except BaseException:
+        connection.terminate()
+        raise
 
 
 @asynccontextmanager
