@@ -341,7 +341,9 @@ def test_deployment_probes_and_shutdown_fit_the_service(deployed: Deployed) -> N
     graceful = int(env["GRACEFUL_SHUTDOWN_TIMEOUT"]["value"])
     background_drain = float(env["BACKGROUND_DRAIN_SECONDS"]["value"])
     close_each = float(env["SHUTDOWN_TIMEOUT"]["value"])
-    longest_stop = float(pause_command[1]) + graceful + background_drain + close_each * len(enabled_resources)
+    # The background tasks cancelled after their drain get SHUTDOWN_TIMEOUT too.
+    closing_steps = len(enabled_resources) + 1
+    longest_stop = float(pause_command[1]) + graceful + background_drain + close_each * closing_steps
     assert pod["terminationGracePeriodSeconds"] > longest_stop
     # The manifest's GRACEFUL_SHUTDOWN_TIMEOUT is the one the service reads.
     assert set(env) <= settings_variables(deployed.project, deployed.case.package)

@@ -2,6 +2,7 @@
 drained and then cancelled at SIGTERM; every task ends in a log line and in the metrics."""
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.background import supervise_background
 from {{ cookiecutter.package_name }}.dependencies import Background
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import scrape, serve
@@ -188,8 +191,9 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
             timeout=5,
             message="readiness never turned 503",
         )
-        # Draining: the service still serves, but takes no new work.
-        refused = httpx.post(url(service_env, "/background/example"), json={"seconds": 0})
+        # Draining: the service still serves, and takes work (a request in flight at SIGTERM
+        # may have committed what its task works on); the supervisor drains after the last.
+        accepted = httpx.post(url(service_env, "/background/example"), json={"seconds": 0})
         wait_until(
             lambda: any(line["event"] == "background.draining" for line in service.log()),
             timeout=10,
@@ -199,9 +203,7 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
         returncode, stdout, stderr = finish(service)
         stopped_after = time.monotonic() - signalled
 
-    assert refused.status_code == 503
-    assert refused.json() == {"detail": "background work refused: the service is stopping"}
-    assert refused.headers["Retry-After"] == "1"
+    assert accepted.status_code == 202
     assert returncode == 0, stderr
     lines = json_lines(stdout)
     ends = {
@@ -210,11 +212,12 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
         if line["event"] in {"background.finished", "background.cancelled"}
     }
     assert {task: line["event"] for task, line in ends.items()} == {
+        "example": "background.finished",
         "quick": "background.finished",
         "stuck": "background.cancelled",
     }
     [draining] = [line for line in lines if line["event"] == "background.draining"]
-    assert draining["running"] == 2
+    assert draining["running"] == 2  # the example had finished
     # The stuck task had its BACKGROUND_DRAIN_SECONDS, and not much more (the event loop's
     # timers may fire a millisecond early).
     waited = timestamp(ends["stuck"]) - timestamp(draining)
@@ -222,9 +225,76 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
     assert stopped_after < 2 + 3 + 5
     # Drained while the resources were still open: they close after the last task.
     events = [line["event"] for line in lines]
-    last_task = max(events.index("background.finished"), events.index("background.cancelled"))
+    last_task = max(i for i, event in enumerate(events) if event.startswith("background."))
     closing = [i for i, event in enumerate(events) if event == "resource.closed"]
     assert all(last_task < index for index in closing)
+
+
+async def ignore_cancellation(cancelled: asyncio.Event, stop: asyncio.Event) -> None:
+    """Runs until `stop` is set, whatever cancels it meanwhile."""
+    while not stop.is_set():
+        try:
+            await stop.wait()
+        except asyncio.CancelledError:
+            cancelled.set()  # and on it goes
+
+
+async def raise_(exception: BaseException) -> None:
+    raise exception
+
+
+async def test_a_task_that_ignores_its_cancellation_is_left_behind_named(
+    make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    settings = make_settings(background_drain_seconds=0, shutdown_timeout=0.5)
+    cancelled, stop = asyncio.Event(), asyncio.Event()
+    stubborn = ignore_cancellation(cancelled, stop)
+    try:
+        async with supervise_background(settings) as supervisor:
+            supervisor.spawn("stubborn", stubborn)
+            supervisor.spawn("polite", asyncio.sleep(60))
+            started = time.monotonic()
+        drained_in = time.monotonic() - started
+    finally:
+        stop.set()  # for the test's event loop to close
+
+    assert cancelled.is_set()
+    assert [line["task"] for line in logged(events, "background.abandoned")] == ["stubborn"]
+    assert [line["task"] for line in logged(events, "background.cancelled")] == ["polite"]
+    # Bounded by SHUTDOWN_TIMEOUT: the resources it might use close after it.
+    assert drained_in < 5
+
+
+async def test_a_task_that_swallows_its_deadline_and_returns_is_timed_out(
+    make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    async def swallow_the_deadline() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(60)
+
+    async with supervise_background(make_settings(background_task_timeout=0.1)) as supervisor:
+        supervisor.spawn("swallower", swallow_the_deadline())
+        await async_wait_until(
+            has_logged(events, "background.timed_out"), within=5, message="never timed out"
+        )
+
+    assert not logged(events, "background.finished")
+
+
+@pytest.mark.parametrize("exception", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+async def test_a_task_that_raises_what_would_stop_the_server_fails_alone(
+    settings: Settings, events: list[EventDict], exception: BaseException
+) -> None:
+    async with supervise_background(settings) as supervisor:
+        supervisor.spawn("rogue", raise_(exception))
+        supervisor.spawn("bystander", asyncio.sleep(0))
+        await async_wait_until(
+            has_logged(events, "background.failed"), within=5, message="never failed"
+        )
+
+    [failed] = logged(events, "background.failed")
+    assert failed["task"] == "rogue"
+    assert [line["task"] for line in logged(events, "background.finished")] == ["bystander"]
 
 
 def timestamp(line: dict[str, Any]) -> float:

@@ -14,7 +14,6 @@ import structlog
 
 from {{ cookiecutter.package_name }}.metrics import BACKGROUND_FINISHED, BACKGROUND_RUNNING
 from {{ cookiecutter.package_name }}.settings import Settings
-from {{ cookiecutter.package_name }}.shutdown import ShutdownState
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
 
 log = structlog.get_logger(__name__)
@@ -26,10 +25,11 @@ class BackgroundRefusedError(Exception):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, shutdown: ShutdownState) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._max_tasks = settings.background_max_tasks
         self._task_timeout = settings.background_task_timeout
-        self._shutdown = shutdown
+        # How long cancelled tasks get to end; one that ignores its cancellation is given up.
+        self._cancel_timeout = settings.shutdown_timeout
         self._closing = False
         # The event loop holds its tasks only weakly: without these references a running task
         # could be garbage-collected.
@@ -38,7 +38,9 @@ class Supervisor:
     def spawn(self, name: str, work: Coroutine[Any, Any, object]) -> None:
         """Run `work` from now on, concurrently with the rest of the request and beyond its
         response. Raises BackgroundRefusedError when full or stopping: the route decides."""
-        if self._closing or self._shutdown.draining:
+        # Accepted during the server's own drain, until its last request is answered: a
+        # request in flight at SIGTERM may have committed the work's data already.
+        if self._closing:
             self._refuse(name, work, "the service is stopping")
         if len(self._tasks) >= self._max_tasks:
             self._refuse(name, work, "too many background tasks are running")
@@ -75,20 +77,33 @@ class Supervisor:
         except asyncio.CancelledError:
             log.warning("background.cancelled", duration_ms=elapsed_ms(started))
             raise
-        except Exception:
-            # Logged here and swallowed: a failure reaches no other task, nor the server.
-            if deadline.expired():
-                outcome = "timed_out"
-                log.error("background.timed_out", timeout_seconds=self._task_timeout)
-            else:
-                outcome = "failed"
-                log.exception("background.failed", duration_ms=elapsed_ms(started))
+        except BaseException as exc:
+            # Logged here and swallowed, SystemExit and KeyboardInterrupt too (asyncio would
+            # stop the server with them): a failure reaches no other task, nor the server.
+            outcome = "timed_out" if deadline.expired() else "failed"
+            # The deadline's own TimeoutError says nothing more; a cleanup's error would.
+            self._log_end(outcome, started, exc_info=not isinstance(exc, TimeoutError))
         else:
-            outcome = "ok"
-            log.info("background.finished", duration_ms=elapsed_ms(started))
+            # One that swallowed its deadline's cancellation, then returned, is late all the same.
+            outcome = "timed_out" if deadline.expired() else "ok"
+            self._log_end(outcome, started, exc_info=False)
         finally:
             BACKGROUND_RUNNING.dec()
             BACKGROUND_FINISHED.labels(outcome).inc()
+
+    def _log_end(self, outcome: str, started: float, *, exc_info: bool) -> None:
+        duration_ms = elapsed_ms(started)
+        if outcome == "ok":
+            log.info("background.finished", duration_ms=duration_ms)
+        elif outcome == "failed":
+            log.error("background.failed", duration_ms=duration_ms, exc_info=True)
+        else:
+            log.error(
+                "background.timed_out",
+                timeout_seconds=self._task_timeout,
+                duration_ms=duration_ms,
+                exc_info=exc_info,
+            )
 
     async def drain(self, seconds: float) -> None:
         """Refuse new work, let the running tasks finish for `seconds`, cancel the rest."""
@@ -101,14 +116,18 @@ class Supervisor:
         _, unfinished = await asyncio.wait(list(self._tasks), timeout=seconds)
         for task in unfinished:
             task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
+        if not unfinished:
+            return
+        # Each logs its cancellation as it ends. One that ignores it would hold the shutdown
+        # (and the resources it uses) for ever: it is left behind, named, after a while.
+        _, ignored = await asyncio.wait(unfinished, timeout=self._cancel_timeout)
+        for task in ignored:
+            log.error("background.abandoned", task=task.get_name().removeprefix("background "))
 
 
 @asynccontextmanager
-async def supervise_background(
-    settings: Settings, shutdown: ShutdownState
-) -> AsyncIterator[Supervisor]:
-    supervisor = Supervisor(settings, shutdown)
+async def supervise_background(settings: Settings) -> AsyncIterator[Supervisor]:
+    supervisor = Supervisor(settings)
     try:
         yield supervisor
     finally:

@@ -189,7 +189,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             "metrics": metrics,
             # After the resources, so that it exits before them: the tasks still running use
             # them while they drain.
-            "background": await stack.enter_async_context(supervise_background(settings, shutdown)),
+            "background": await stack.enter_async_context(supervise_background(settings)),
             # Last in, so first out: no check still runs on a resource that is closing.
             "readiness_checks": await stack.enter_async_context(shared_checks(settings)),
         }

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 {%- endif %}
 
-Seconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _are_addresses(value: str) -> str:
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     # After SIGTERM, how long to keep serving with /health/ready at 503 so that load balancers
     # stop sending new requests before the listener closes (0: close it at once).
-    drain_seconds: float = Field(default=0.0, ge=0)
+    drain_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     # Then how long requests in flight may take to finish before uvicorn cancels them and the
     # resources close. Whole seconds: uvicorn takes an int.
     graceful_shutdown_timeout: int = Field(default=10, ge=1)
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     background_task_timeout: Seconds = 30.0
     # After the last request, how long the background tasks still running may take to finish
     # before they are cancelled (0: cancel them at once).
-    background_drain_seconds: float = Field(default=5.0, ge=0)
+    background_drain_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     # Per-resource limit of one /health/ready check.
     readiness_timeout: Seconds = 1.0
     # Concurrent /health/ready calls share one check per resource; a finished check's result is
