@@ -702,12 +702,18 @@ async def test_a_connection_handed_to_a_cancelled_waiter_fits_a_full_queue() -> 
 
 async def test_a_connection_handed_to_a_timed_out_waiter_fits_a_full_queue() -> None:
     queue = FirstComeQueue(maxsize=1)
-    waiter = await waiting_in(queue, seconds=0.05)
-    # Due before the waiter's timeout: held up below, both are due in one turn of the loop, the
-    # connection handed over first and the timeout ending the wait before the waiter runs.
-    asyncio.get_running_loop().call_later(0.01, handed_on_while_full(queue))
-    held_until = time.monotonic() + 0.1
-    while time.monotonic() < held_until:  # the event loop held, not a wait for anything
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiter = asyncio.create_task(queue._wait(0.05))
+    await asyncio.sleep(0)  # its first step: it waits, its timeout due 0.05 s from now or later
+    assert len(queue._waiters) == 1
+    # Due before that timeout, whenever the waiter's step ran. The event loop is then held
+    # past both (a busy loop, not a wait for anything), so that they fall due in one turn and
+    # run in the order they are due: the connection handed over, then the wait timed out,
+    # before the waiter runs again.
+    loop.call_at(started + 0.01, handed_on_while_full(queue))
+    held_until = loop.time() + 0.1
+    while loop.time() < held_until:
         pass
 
     with pytest.raises(Empty):  # SQLAlchemy's pool timeout, not Full
