@@ -45,7 +45,7 @@ from alembic.config import Config
 from asgi_lifespan import LifespanManager
 from blockbuster import BlockBuster, blockbuster_ctx
 from fastapi import FastAPI
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
 from httpx import ASGITransport, AsyncClient, Response
 {%- else %}
 from httpx import ASGITransport, AsyncClient
@@ -95,6 +95,8 @@ RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672
 # this run's prefix (the same way on a developer's broker and in CI's service container, where
 # no rabbitmqctl is at hand to make a vhost); the end of the run deletes them.
 RABBITMQ_PREFIX = f"test-{uuid.uuid4().hex[:12]}"
+# The queues of the test running now, deleted when it ends: a quorum queue holds file handles
+# on the broker (a few hundred left behind exhausted a broker's default limit of 1024).
 RABBITMQ_QUEUES: list[str] = []
 
 
@@ -115,11 +117,13 @@ async def delete_rabbitmq_topology(queues: list[str]) -> None:
                 await channel.exchange_delete(name)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _delete_this_runs_rabbitmq_topology() -> Iterator[None]:
+@pytest.fixture(autouse=True)
+def _delete_the_tests_rabbitmq_topology() -> Iterator[None]:
     yield
     if RABBITMQ_QUEUES:
-        asyncio.run(delete_rabbitmq_topology(RABBITMQ_QUEUES))
+        queues = RABBITMQ_QUEUES.copy()
+        RABBITMQ_QUEUES.clear()
+        asyncio.run(delete_rabbitmq_topology(queues))
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 
@@ -429,7 +433,7 @@ async def app(settings: Settings) -> FastAPI:
 async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
     async with serve(app) as client:
         yield client
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
 
 
 def assert_answered_unavailable(

@@ -135,9 +135,15 @@ def closing_events(log: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
+{%- if cookiecutter.use_rabbitmq %}
     """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
-    BACKGROUND_DRAIN_SECONDS (+ RABBITMQ_DRAIN_SECONDS with RabbitMQ) + resources x
-    SHUTDOWN_TIMEOUT, with the defaults where `env` sets none."""
+    BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + resources x SHUTDOWN_TIMEOUT, with the
+    defaults where `env` sets none."""
+{%- else %}
+    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
+    BACKGROUND_DRAIN_SECONDS + resources x SHUTDOWN_TIMEOUT, with the defaults where `env` sets
+    none."""
+{%- endif %}
     return (
         float(env.get("DRAIN_SECONDS", 0))
         + float(env.get("GRACEFUL_SHUTDOWN_TIMEOUT", 10))

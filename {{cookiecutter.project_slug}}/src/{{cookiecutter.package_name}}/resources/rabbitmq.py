@@ -6,8 +6,8 @@ Topology, every name derived from RABBITMQ_QUEUE (q):
 - exchange `q` (direct, durable), bound to queue `q` with routing key `q`;
 - queue `q`: a quorum queue whose x-delivery-limit dead-letters a message after
   RABBITMQ_MAX_DELIVERIES deliveries that were not acknowledged, to
-- exchange `q.dead-letter` (fanout, durable), bound to queue `q.dead-letter` (quorum): where a
-  message that kept failing waits for a person.
+- exchange `q.dead-letter` (fanout, durable), bound to queue `q.dead-letter` (classic,
+  durable): where a message that kept failing waits for a person.
 """
 
 import asyncio
@@ -68,9 +68,8 @@ async def declare(
     dead_letter_exchange = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead_letter_queue = await channel.declare_queue(
-        topology.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    # A classic queue: it only keeps what failed, for a person to look at.
+    dead_letter_queue = await channel.declare_queue(topology.dead_letter_queue, durable=True)
     await dead_letter_queue.bind(dead_letter_exchange)
     exchange = await channel.declare_exchange(
         topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
