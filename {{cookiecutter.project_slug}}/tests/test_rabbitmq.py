@@ -185,6 +185,7 @@ def test_a_wrong_url_stops_startup_within_the_timeout_without_the_password(
     assert {line["resource"] for line in failures} == {"rabbitmq"}
     [fatal] = [line for line in lines if "ResourceUnavailableError" in line["event"]]
     assert "rabbitmq: not available within the startup timeout" in fatal["event"]
+    assert "ACCESS_REFUSED" in fatal["event"].splitlines()[-1]
     assert "s3cret" not in stdout + stderr
 
 
