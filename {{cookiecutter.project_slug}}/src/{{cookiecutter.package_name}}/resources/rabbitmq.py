@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -55,7 +55,7 @@ class Topology:
     dead_letter_queue: str
 
     @classmethod
-    def of(cls, settings: Settings) -> "Topology":
+    def of(cls, settings: Settings) -> Self:
         queue = settings.rabbitmq_queue
         dead_letter = f"{queue}.dead-letter"
         return cls(queue, queue, dead_letter, dead_letter)
