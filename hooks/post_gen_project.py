@@ -48,12 +48,20 @@ FILES_BY_RESOURCE = {
         Path("tests") / "test_tracing.py",
         Path("tests") / "otlp.py",
     ],
+    "rabbitmq": [
+        PACKAGE / "resources" / "rabbitmq.py",
+        PACKAGE / "api" / "messages.py",
+        PACKAGE / "messages.py",
+        Path("tests") / "test_rabbitmq.py",
+        Path("tests") / "test_rabbitmq_silent.py",
+    ],
 }
 ENABLED = {
     "postgres": {{ cookiecutter.use_postgres }},
     "redis": {{ cookiecutter.use_redis }},
     "http_client": {{ cookiecutter.use_http_client }},
     "opentelemetry": {{ cookiecutter.use_opentelemetry }},
+    "rabbitmq": {{ cookiecutter.use_rabbitmq }},
 }
 # The commands of the README's quick start (Run it), which tests/test_hooks.py holds them to.
 QUICK_START = [

@@ -14,6 +14,8 @@ PACKAGE_NAME = {{ cookiecutter.package_name | tojson }}
 # Modules the generated service or its tests import, beyond the standard library: a package with one of these names
 # would shadow the real module on sys.path and break the service at import time.
 SHADOWED_IMPORTS = {
+    "aio_pika",
+    "aiormq",
     "alembic",
     "anyio",
     "asgi_lifespan",
@@ -23,6 +25,7 @@ SHADOWED_IMPORTS = {
     "mypy",
     "opentelemetry",
     "prometheus_client",
+    "pamqp",
     "pydantic",
     "pydantic_settings",
     "pytest",

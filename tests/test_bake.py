@@ -108,6 +108,18 @@ RESOURCES: dict[str, Resource] = {
         ),
         modules=("opentelemetry",),
     ),
+    "rabbitmq": Resource(
+        flag="use_rabbitmq",
+        files=(
+            "src/{package}/resources/rabbitmq.py",
+            "src/{package}/api/messages.py",
+            "src/{package}/messages.py",
+            "tests/test_rabbitmq.py",
+            "tests/test_rabbitmq_silent.py",
+        ),
+        dependencies=("aio-pika",),
+        modules=("aio_pika",),
+    ),
 }
 # Dependencies of two options together: the tracing instrumentation of each resource.
 PAIR_DEPENDENCIES: dict[tuple[str, str], str] = {
@@ -163,12 +175,13 @@ CASES = [
 ] + [RENAMED_ALL_ON]
 
 # The combinations whose own test suite runs (RESOURCES order: postgres, redis, http_client,
-# opentelemetry): all on, all off, the default answers, and three more so that every two flags
-# meet in each of their four pairs of values (test_suite_cases_cover_every_pair_of_flag_values);
-# those three are tracing with each resource alone. A suite takes a minute or more of real
+# opentelemetry, rabbitmq): all on, all off, the default answers, and three more so that every
+# two flags meet in each of their four pairs of values
+# (test_suite_cases_cover_every_pair_of_flag_values): tracing with PostgreSQL alone, RabbitMQ
+# with Redis and tracing, RabbitMQ with the HTTP client. A suite takes a minute or more of real
 # servers and processes; what the other combinations add is which files and lines they contain,
 # and every combination is linted and type-checked.
-SUITE_FLAGS = ["1111", "0000", "1110", "1001", "0101", "0011"]
+SUITE_FLAGS = ["11111", "00000", "11100", "10010", "01011", "00101"]
 # The other python_version choices, all on: the newest runs the whole suite, in a venv of that
 # Python; the ones between are linted and type-checked for their target (ruff's target-version,
 # mypy's python_version) by test_each_python_version_lints_and_type_checks.

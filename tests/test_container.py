@@ -58,6 +58,7 @@ WORKER_COUNTS = (1, 2)
 NEW_LAYERS_LIMIT = 2_000_000
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # The heads of the migrations an image ships, as its service reads them.
 HEADS = "from {package}.resources.schema import SchemaCheck, read_revisions; print(*SchemaCheck(read_revisions()).heads)"
 T = TypeVar("T")
@@ -344,6 +345,9 @@ def server_env(engine: DockerEngine, tag: str, project: Path, case: Case, stack:
     env = {}
     if "redis" in case.enabled:
         env["REDIS_URL"] = REDIS_URL
+    if "rabbitmq" in case.enabled:
+        # One stable name: each run declares the same topology again, so nothing piles up.
+        env |= {"RABBITMQ_URL": RABBITMQ_URL, "RABBITMQ_QUEUE": "template-container-test"}
     if "postgres" in case.enabled:
         env["DATABASE_URL"] = stack.enter_context(fresh_database())
         migrate(engine, tag, pod_from_manifest(project, "migrate-job.yaml"), env["DATABASE_URL"], case.package)

@@ -41,10 +41,10 @@ K8S_FILES = ("deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml")
 # With PostgreSQL: the Job that applies the migrations before a rollout.
 MIGRATE_JOB = "migrate-job.yaml"
 # Servers the service talks to, by flag: compose and CI run one container each.
-SERVERS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
-HEALTH_COMMANDS = {"postgres": "pg_isready", "redis": "redis-cli ping"}
+SERVERS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "rabbitmq": "RABBITMQ_URL"}
+HEALTH_COMMANDS = {"postgres": "pg_isready", "redis": "redis-cli ping", "rabbitmq": "rabbitmq-diagnostics -q ping"}
 # Resources that close one after another at shutdown, each within SHUTDOWN_TIMEOUT.
-RESOURCES_CLOSED_AT_SHUTDOWN = ("opentelemetry", "postgres", "redis", "http_client")
+RESOURCES_CLOSED_AT_SHUTDOWN = ("opentelemetry", "postgres", "redis", "http_client", "rabbitmq")
 
 
 def validate(name: str, argv: list[str], cwd: Path) -> StepResult:
@@ -341,9 +341,12 @@ def test_deployment_probes_and_shutdown_fit_the_service(deployed: Deployed) -> N
     graceful = int(env["GRACEFUL_SHUTDOWN_TIMEOUT"]["value"])
     background_drain = float(env["BACKGROUND_DRAIN_SECONDS"]["value"])
     close_each = float(env["SHUTDOWN_TIMEOUT"]["value"])
+    # With RabbitMQ, the messages being handled get RABBITMQ_DRAIN_SECONDS before the closes.
+    message_drain = float(env["RABBITMQ_DRAIN_SECONDS"]["value"]) if deployed.on("rabbitmq") else 0.0
+    assert ("RABBITMQ_DRAIN_SECONDS" in env) == deployed.on("rabbitmq")
     # The background tasks cancelled after their drain get SHUTDOWN_TIMEOUT too.
     closing_steps = len(enabled_resources) + 1
-    longest_stop = float(pause_command[1]) + graceful + background_drain + close_each * closing_steps
+    longest_stop = float(pause_command[1]) + graceful + background_drain + message_drain + close_each * closing_steps
     assert pod["terminationGracePeriodSeconds"] > longest_stop
     # The manifest's GRACEFUL_SHUTDOWN_TIMEOUT is the one the service reads.
     assert set(env) <= settings_variables(deployed.project, deployed.case.package)

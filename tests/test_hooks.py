@@ -106,8 +106,8 @@ def test_the_next_steps_cd_by_an_absolute_path_outside_the_working_directory(
     assert result.stdout.splitlines()[0] == f"cd {(tmp_path / 'out' / 'my-service').resolve()}"
 
 
-FLAGS = ["use_postgres", "use_redis", "use_http_client", "use_opentelemetry"]
-COMBINATIONS = [dict(zip(FLAGS, values, strict=True)) for values in itertools.product([True, False], repeat=4)]
+FLAGS = ["use_postgres", "use_redis", "use_http_client", "use_opentelemetry", "use_rabbitmq"]
+COMBINATIONS = [dict(zip(FLAGS, values, strict=True)) for values in itertools.product([True, False], repeat=len(FLAGS))]
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ DATABASE_URL (an admin URL: the run creates its own database and drops it) and R
 from the environment and default to the local servers.
 """
 
-{% if cookiecutter.use_postgres or cookiecutter.use_http_client -%}
+{% if cookiecutter.use_postgres or cookiecutter.use_http_client or cookiecutter.use_rabbitmq -%}
 import asyncio
 {% endif -%}
 import os
-{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
+{% if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq -%}
 import uuid
 {% endif -%}
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +23,9 @@ from typing import Any, cast
 {% else -%}
 from typing import Any
 {% endif %}
+{% if cookiecutter.use_rabbitmq -%}
+import aio_pika
+{% endif -%}
 import anyio.to_thread
 {% if cookiecutter.use_postgres -%}
 import asyncpg
@@ -42,7 +45,7 @@ from alembic.config import Config
 from asgi_lifespan import LifespanManager
 from blockbuster import BlockBuster, blockbuster_ctx
 from fastapi import FastAPI
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
 from httpx import ASGITransport, AsyncClient, Response
 {%- else %}
 from httpx import ASGITransport, AsyncClient
@@ -66,7 +69,8 @@ from tests.servers import free_port
 
 {% set resources = (["postgres"] if cookiecutter.use_postgres else [])
     + (["redis"] if cookiecutter.use_redis else [])
-    + (["http_client"] if cookiecutter.use_http_client else []) -%}
+    + (["http_client"] if cookiecutter.use_http_client else [])
+    + (["rabbitmq"] if cookiecutter.use_rabbitmq else []) -%}
 # The resources this service opens, in lifespan order: those /health/ready checks.
 RESOURCES: list[str] = {{ resources | tojson }}
 # Everything the lifespan opens and closes, logging resource.opened / resource.closed.
@@ -84,6 +88,42 @@ ALEMBIC_INI = PROJECT / "alembic.ini"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # The keys of this test run (REDIS_KEY_PREFIX): deleted at the end, whatever the tests wrote.
 REDIS_KEY_PREFIX = f"test-{uuid.uuid4().hex[:12]}:"
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Every test gets queues and exchanges of its own in the broker's default vhost, named under
+# this run's prefix (the same way on a developer's broker and in CI's service container, where
+# no rabbitmqctl is at hand to make a vhost); the end of the run deletes them.
+RABBITMQ_PREFIX = f"test-{uuid.uuid4().hex[:12]}"
+# The queues of the test running now, deleted when it ends: a quorum queue holds file handles
+# on the broker (a few hundred left behind exhausted a broker's default limit of 1024).
+RABBITMQ_QUEUES: list[str] = []
+
+
+def new_rabbitmq_queue() -> str:
+    queue = f"{RABBITMQ_PREFIX}.{uuid.uuid4().hex[:8]}"
+    RABBITMQ_QUEUES.append(queue)
+    return queue
+
+
+async def delete_rabbitmq_topology(queues: list[str]) -> None:
+    """Delete each queue's topology (resources/rabbitmq.py): queues first, then exchanges."""
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        for queue in queues:
+            for name in (queue, f"{queue}.dead-letter"):
+                await channel.queue_delete(name)
+                await channel.exchange_delete(name)
+
+
+@pytest.fixture(autouse=True)
+def _delete_the_tests_rabbitmq_topology() -> Iterator[None]:
+    yield
+    if RABBITMQ_QUEUES:
+        queues = RABBITMQ_QUEUES.copy()
+        RABBITMQ_QUEUES.clear()
+        asyncio.run(delete_rabbitmq_topology(queues))
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 
@@ -206,6 +246,10 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
 {%- if cookiecutter.use_http_client %}
             "http_client_base_url": upstream_url,
 {%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+            "rabbitmq_url": RABBITMQ_URL,
+            "rabbitmq_queue": new_rabbitmq_queue(),
+{%- endif %}
         }
         return Settings(_env_file=None, **(values | overrides))
 
@@ -243,6 +287,10 @@ def service_env(
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
         "HTTP_CLIENT_BASE_URL": upstream_url,
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+        "RABBITMQ_URL": RABBITMQ_URL,
+        "RABBITMQ_QUEUE": new_rabbitmq_queue(),
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
@@ -385,7 +433,7 @@ async def app(settings: Settings) -> FastAPI:
 async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
     async with serve(app) as client:
         yield client
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
 
 
 def assert_answered_unavailable(

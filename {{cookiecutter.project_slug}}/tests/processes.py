@@ -135,13 +135,22 @@ def closing_events(log: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
+{%- if cookiecutter.use_rabbitmq %}
+    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
+    BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources + 1) x SHUTDOWN_TIMEOUT (the
+    background tasks' cancellation is one more step), with the defaults where `env` sets none."""
+{%- else %}
     """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
     BACKGROUND_DRAIN_SECONDS + (resources + 1) x SHUTDOWN_TIMEOUT (the background tasks'
     cancellation is one more step), with the defaults where `env` sets none."""
+{%- endif %}
     return (
         float(env.get("DRAIN_SECONDS", 0))
         + float(env.get("GRACEFUL_SHUTDOWN_TIMEOUT", 10))
         + float(env.get("BACKGROUND_DRAIN_SECONDS", 5))
+{%- if cookiecutter.use_rabbitmq %}
+        + float(env.get("RABBITMQ_DRAIN_SECONDS", 5))
+{%- endif %}
         + (resources + 1) * float(env.get("SHUTDOWN_TIMEOUT", 5))
     )
 

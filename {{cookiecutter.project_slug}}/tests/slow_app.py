@@ -6,12 +6,32 @@ an unhandled error logs, and background tasks that wait for a test or fail:
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+{%- if cookiecutter.use_rabbitmq %}
+from typing import Any
+{%- endif %}
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+{% if cookiecutter.use_rabbitmq -%}
+from {{ cookiecutter.package_name }} import messages
+{% endif -%}
 from {{ cookiecutter.package_name }}.dependencies import Background
 from {{ cookiecutter.package_name }}.main import app
+{%- if cookiecutter.use_rabbitmq %}
+
+_process = messages.process
+
+
+async def _process_or_wait(payload: dict[str, Any]) -> None:
+    """A message {"text": "wait"} is handled until it is cancelled (at shutdown)."""
+    if payload.get("text") == "wait":
+        await asyncio.Event().wait()
+    await _process(payload)
+
+
+messages.process = _process_or_wait
+{%- endif %}
 
 
 class InFlight:

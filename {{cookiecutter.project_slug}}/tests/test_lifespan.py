@@ -1,4 +1,4 @@
-{%- set verified = cookiecutter.use_postgres or cookiecutter.use_redis -%}
+{%- set verified = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq -%}
 """The lifespan opens the enabled resources in order, closes them in reverse, and fails cleanly."""
 
 import asyncio
@@ -37,6 +37,9 @@ def pointing_at(resource: str, port: int) -> dict[str, str]:
     return {
         "postgres": {"database_url": f"postgresql://postgres@127.0.0.1:{port}/postgres"},
         "redis": {"redis_url": f"redis://127.0.0.1:{port}/0"},
+{%- if cookiecutter.use_rabbitmq %}
+        "rabbitmq": {"rabbitmq_url": f"amqp://guest:guest@127.0.0.1:{port}/"},
+{%- endif %}
     }[resource]
 {%- endif %}
 
@@ -87,6 +90,9 @@ async def test_opens_in_order_and_closes_in_reverse(
         "postgres": {"host", "port", "database"},
         "redis": {"host", "port", "db"},
         "http_client": {"base_url_host"},
+{%- if cookiecutter.use_rabbitmq %}
+        "rabbitmq": {"host", "port", "vhost", "queue"},
+{%- endif %}
         "tracing": {"service_name", "sampler"},
     }
     for resource, event in opened.items():

@@ -1,4 +1,4 @@
-{%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis -%}
+{%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq -%}
 """Settings: bad or missing values stop the service with one line naming the variable."""
 
 {% if secret_urls -%}
@@ -13,6 +13,7 @@ from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 from {{ cookiecutter.package_name }}.settings import load_settings
 {%- endif %}
 {%- set urls = (["ADMIN_DATABASE_URL"] if cookiecutter.use_postgres else [])
+    + (["RABBITMQ_URL"] if cookiecutter.use_rabbitmq else [])
     + (["REDIS_URL"] if cookiecutter.use_redis else []) %}
 {%- if urls %}
 from tests.conftest import {{ urls | join(", ") }}
@@ -25,6 +26,9 @@ REQUIRED: dict[str, str] = {
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     "REDIS_URL": REDIS_URL,
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+    "RABBITMQ_URL": RABBITMQ_URL,
 {%- endif %}
 }
 {%- else -%}
@@ -78,6 +82,10 @@ def test_the_environment_is_read(environment: pytest.MonkeyPatch) -> None:
 {%- if cookiecutter.use_http_client %}
         ("HTTP_CLIENT_CA_BUNDLE", "/no/such/ca.pem"),
 {%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+        ("RABBITMQ_URL", "amqp://app:s3cret@host:port/"),
+        ("RABBITMQ_MAX_DELIVERIES", "0"),
+{%- endif %}
     ],
 )
 def test_a_bad_value_names_the_variable(
@@ -115,6 +123,9 @@ def test_secrets_stay_out_of_repr_and_str(make_settings: Callable[..., Settings]
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         redis_url="redis://:s3cret-redis@127.0.0.1:6379/0",
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+        rabbitmq_url="amqp://app:s3cret-amqp@127.0.0.1:5672/",
 {%- endif %}
     )
 

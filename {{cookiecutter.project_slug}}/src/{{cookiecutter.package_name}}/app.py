@@ -7,7 +7,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 {%- set routers = ["background"]
     + (["cache"] if cookiecutter.use_redis else [])
-    + ["docs", "health", "metrics"]
+    + ["docs", "health"]
+    + (["messages"] if cookiecutter.use_rabbitmq else [])
+    + ["metrics"]
     + (["notes"] if cookiecutter.use_postgres else [])
     + (["upstream"] if cookiecutter.use_http_client else []) %}
 
@@ -15,7 +17,7 @@ from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
 from {{ cookiecutter.package_name }}.lifespan import lifespan
 from {{ cookiecutter.package_name }}.metrics import request_metrics
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
-{%- if cookiecutter.use_postgres %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_rabbitmq %}
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     respond_unavailable,
@@ -61,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
         exception_handlers={
             RequestValidationError: _invalid_request,
-{%- if cookiecutter.use_postgres %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_rabbitmq %}
             ResourceUnavailableError: respond_unavailable,
 {%- endif %}
 {%- if cookiecutter.use_redis %}
@@ -87,6 +89,9 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
     app.include_router(upstream.router)
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+    app.include_router(messages.router)
 {%- endif %}
     app.include_router(background.router)
     if settings.metrics_enabled:

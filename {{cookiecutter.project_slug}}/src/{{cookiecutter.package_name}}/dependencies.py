@@ -32,6 +32,11 @@ from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavaila
 {% endif -%}
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.postgres import is_outage as is_postgres_outage
+{% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ
+{% endif -%}
+{% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.schema import SchemaCheck
 {% endif -%}
 
@@ -124,6 +129,15 @@ async def _http_client(request: Request) -> httpx.AsyncClient:
 
 
 HttpClient = Annotated[httpx.AsyncClient, Depends(_http_client)]
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+
+
+async def _rabbitmq(request: Request) -> RabbitMQ:
+    return cast(RabbitMQ, request.state.rabbitmq)
+
+
+RabbitMQClient = Annotated[RabbitMQ, Depends(_rabbitmq)]
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
 

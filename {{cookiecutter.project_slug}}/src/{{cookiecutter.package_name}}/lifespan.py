@@ -1,5 +1,5 @@
 {%- set any_resource = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client
-    or cookiecutter.use_opentelemetry -%}
+    or cookiecutter.use_opentelemetry or cookiecutter.use_rabbitmq -%}
 """The lifespan: open the shared resources in order, hand them to requests, close them again."""
 
 {% if any_resource -%}
@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client or cookiecutter.use_rabbitmq %}
 from functools import partial
 {%- endif %}
 from typing import TypedDict
@@ -32,6 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.background import Supervisor, supervise_background
+{%- if cookiecutter.use_rabbitmq %}
+from {{ cookiecutter.package_name }}.messages import {{ "RedisHandledIds" if cookiecutter.use_redis else "MemoryHandledIds" }}, handle
+{%- endif %}
 from {{ cookiecutter.package_name }}.metrics import expose_metrics
 from {{ cookiecutter.package_name }}.readiness import SharedChecks, shared_checks
 {% if cookiecutter.use_http_client -%}
@@ -45,6 +48,9 @@ from {{ cookiecutter.package_name }}.resources.postgres import (
     connection_counts as postgres_connections,
 )
 from {{ cookiecutter.package_name }}.resources.postgres import open_postgres
+{% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ, consume, open_rabbitmq
 {% endif -%}
 {% if cookiecutter.use_redis -%}
 from {{ cookiecutter.package_name }}.resources.redis import connection_counts as redis_connections
@@ -93,6 +99,9 @@ class State(TypedDict):
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
     http_client: httpx.AsyncClient
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+    rabbitmq: RabbitMQ
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
     tracer_provider: TracerProvider
@@ -148,6 +157,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_http_client %}
         http_client = await stack.enter_async_context(open_http_client(settings, deadline))
 {%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+        rabbitmq = await stack.enter_async_context(open_rabbitmq(settings, deadline))
+{%- endif %}
         metrics = await stack.enter_async_context(
             expose_metrics(
                 settings,
@@ -186,6 +198,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_http_client %}
             "http_client": http_client,
 {%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+            "rabbitmq": rabbitmq,
+{%- endif %}
             "metrics": metrics,
             # After the resources, so that it exits before them: the tasks still running use
             # them while they drain.
@@ -204,6 +219,12 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry and cookiecutter.use_http_client %}
         trace_http_client(state["http_client"], tracer_provider)
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+        # Consuming from here on, and stopped first: its handlers finish (or are cancelled,
+        # their messages requeued) before the resources they use close.
+        handled = {{ "RedisHandledIds(redis, settings.redis_key_prefix)" if cookiecutter.use_redis else "MemoryHandledIds()" }}
+        await stack.enter_async_context(consume(rabbitmq, partial(handle, handled=handled)))
 {%- endif %}
         stack.enter_context(startup_objects_frozen())
         log.info("lifespan.started", duration_ms=elapsed_ms(started), pid=os.getpid())

@@ -114,6 +114,30 @@ BACKGROUND_FINISHED = Counter(
     ["outcome"],
 )
 
+{%- if cookiecutter.use_rabbitmq %}
+
+RABBITMQ_CONNECTION_OPEN = Gauge(
+    "rabbitmq_connection_open",
+    "1 while the RabbitMQ connection is open, 0 while it is lost (the lowest of all workers).",
+    multiprocess_mode="livemin",
+)
+MESSAGES_PUBLISHED = Counter(
+    "messaging_client_published_messages",
+    "Messages published, by outcome (ok: confirmed by the broker; timeout; failed).",
+    ["outcome"],
+)
+MESSAGES_CONSUMED = Counter(
+    "messaging_client_consumed_messages",
+    "Messages consumed, by outcome (handled, duplicate, retried, dead_lettered, rejected).",
+    ["outcome"],
+)
+MESSAGES_IN_FLIGHT = Gauge(
+    "messaging_messages_in_flight",
+    "Messages being handled now (the sum of all workers).",
+    multiprocess_mode="livesum",
+)
+{%- endif %}
+
 
 class ConnectionCounts(NamedTuple):
     used: int

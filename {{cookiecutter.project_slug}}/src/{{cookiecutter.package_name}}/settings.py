@@ -3,10 +3,10 @@
 
 from ipaddress import ip_network
 from typing import {{ typing_names | join(", ") }}
-{%- if cookiecutter.use_redis %}
+{%- if cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
 from urllib.parse import urlsplit
 {%- endif %}
-{%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis %}
+{%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
 {%- set pydantic_names = ["AfterValidator"]
     + ["BeforeValidator", "Field"]
     + (["FilePath"] if cookiecutter.use_http_client else [])
@@ -78,6 +78,23 @@ def _is_redis_url(value: SecretStr) -> SecretStr:
 
 
 RedisUrl = Annotated[SecretStr, AfterValidator(_is_redis_url)]
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+
+
+def _is_amqp_url(value: SecretStr) -> SecretStr:
+    try:
+        url = urlsplit(value.get_secret_value())
+        url.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in {"amqp", "amqps"} or not url.hostname:
+        # Never echo the value: it may hold a password.
+        raise ValueError("must look like amqp://user:password@host:5672/vhost")
+    return value
+
+
+RabbitMQUrl = Annotated[SecretStr, AfterValidator(_is_amqp_url)]
 {%- endif %}
 
 
@@ -185,6 +202,26 @@ class Settings(BaseSettings):
     # aiohttp's defaults. Past either the call fails, so a hostile head costs at most about 1 MiB.
     http_client_max_header_bytes: int = Field(default=8190, ge=1024)
     http_client_max_headers: int = Field(default=128, ge=8)
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+
+    rabbitmq_url: RabbitMQUrl
+    # The example consumer's queue; the exchange and the dead-letter exchange and queue are
+    # named after it (README: Messages).
+    rabbitmq_queue: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1, max_length=200)
+    # Messages the consumer is handed before it acknowledges any: how many it handles at once.
+    rabbitmq_prefetch: int = Field(default=10, ge=1, le=65535)
+    # A publish that the broker has not confirmed by then is a 503.
+    rabbitmq_publish_timeout: Seconds = 2.0
+    rabbitmq_connect_timeout: Seconds = 2.0
+    # Seconds; a broker silent for 3 x (RABBITMQ_HEARTBEAT + 1) seconds is given up and the
+    # connection reopened.
+    rabbitmq_heartbeat: int = Field(default=10, ge=1)
+    # Deliveries of a message whose handler fails before it goes to the dead-letter queue.
+    rabbitmq_max_deliveries: int = Field(default=5, ge=1)
+    # At shutdown, how long the messages being handled may take to finish before they are
+    # cancelled (and, unacknowledged, delivered again to the next consumer).
+    rabbitmq_drain_seconds: float = Field(default=5.0, ge=0)
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 

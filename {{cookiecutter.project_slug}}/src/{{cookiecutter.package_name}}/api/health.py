@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 {%- set dependencies = (["HttpClient"] if cookiecutter.use_http_client else [])
     + (["Postgres", "PostgresSchema"] if cookiecutter.use_postgres else [])
+    + (["RabbitMQClient"] if cookiecutter.use_rabbitmq else [])
     + ["ReadinessChecks"]
     + (["RedisClient"] if cookiecutter.use_redis else [])
     + ["Shutdown"] %}
@@ -86,11 +87,14 @@ async def ready(
 {%- if cookiecutter.use_http_client %}
     http_client: HttpClient,
 {%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+    rabbitmq: RabbitMQClient,
+{%- endif %}
 ) -> Readiness:
     if shutdown.draining:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Readiness(status="draining", resources={})
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client or cookiecutter.use_rabbitmq %}
     pings: dict[str, Ping] = {
 {%- if cookiecutter.use_postgres %}
         "postgres": partial(ping_postgres, postgres, postgres_schema),
@@ -100,6 +104,9 @@ async def ready(
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
         "http_client": partial(ping_http_client, http_client),
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+        "rabbitmq": rabbitmq.ping,
 {%- endif %}
     }
 {%- else %}

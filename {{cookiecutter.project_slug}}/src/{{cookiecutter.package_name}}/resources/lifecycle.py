@@ -61,21 +61,26 @@ async def verify_until(
     """Retry `verify` with full-jitter exponential backoff until it passes or `deadline`
     (event-loop time) is reached; a hanging attempt is cut off at the deadline too."""
     loop = asyncio.get_running_loop()
+    # What an attempt that failed on its own said (a refused password, say): the one that the
+    # deadline cuts short only says "TimeoutError".
+    answered: str | None = None
     for attempt in itertools.count(1):
         try:
             async with asyncio.timeout_at(deadline):
                 await verify()
         except Exception as exc:
-            log.warning(
-                "resource.open_failed", resource=resource, attempt=attempt, error=describe(exc)
-            )
+            error = describe(exc)
+            log.warning("resource.open_failed", resource=resource, attempt=attempt, error=error)
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if isinstance(exc, TimeoutError) and answered is not None:
+                    error = f"{error}, after {answered}"
                 raise ResourceUnavailableError(
                     resource,
-                    f"not available within the startup timeout after {attempt} attempts: "
-                    f"{describe(exc)}",
+                    f"not available within the startup timeout after {attempt} attempts: {error}",
                 ) from None
+            if not isinstance(exc, TimeoutError):
+                answered = error
             backoff = random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2**attempt))  # noqa: S311
             await asyncio.sleep(min(backoff, remaining))
         else:

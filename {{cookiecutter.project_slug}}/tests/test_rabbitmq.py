@@ -1,0 +1,205 @@
+"""RabbitMQ against the real broker: publishes confirmed, every message handled once, failing
+messages dead-lettered after their retries, nothing lost at SIGTERM, startup bounded."""
+
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+from httpx import AsyncClient
+from structlog.typing import EventDict
+
+from {{ cookiecutter.package_name }} import messages
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import RABBITMQ_URL, Scrape, scrape, serve
+from tests.processes import finish, json_lines, running, url, wait_until_ready
+from tests.servers import async_wait_until, wait_until
+
+
+def seconds_between(first: dict[str, Any], then: dict[str, Any]) -> float:
+    return (
+        datetime.fromisoformat(then["timestamp"]) - datetime.fromisoformat(first["timestamp"])
+    ).total_seconds()
+
+
+def logged(events: list[EventDict], event: str) -> list[str]:
+    return [e["message_id"] for e in events if e["event"] == event]
+
+
+async def publish(client: AsyncClient, text: str, message_id: str | None = None) -> str:
+    body: dict[str, Any] = {"text": text} | ({"message_id": message_id} if message_id else {})
+    response = await client.post("/messages", json=body)
+    assert response.status_code == 202, response.text
+    published: str = response.json()["message_id"]
+    return published
+
+
+async def test_every_published_message_is_handled(
+    settings: Settings, events: list[EventDict]
+) -> None:
+    async with serve(create_app(settings)) as client:
+        published = [await publish(client, f"message {n}") for n in range(20)]
+
+        async def all_handled() -> bool:
+            return sorted(logged(events, "message.handled")) == sorted(published)
+
+        await async_wait_until(all_handled, within=10, message="not every message was handled")
+        scraped = await scrape(client)
+
+    assert len(set(published)) == 20
+    name = "messaging_client_published_messages_total"
+    assert scraped.value(name, outcome="ok") >= 20
+    assert scraped.value("messaging_client_consumed_messages_total", outcome="handled") >= 20
+    assert scraped.value("rabbitmq_connection_open") == 1
+    assert scraped.value("messaging_messages_in_flight") == 0
+
+
+async def test_a_redelivered_message_is_handled_once(
+    settings: Settings, events: list[EventDict]
+) -> None:
+    message_id = uuid.uuid4().hex
+    async with serve(create_app(settings)) as client:
+        # The broker redelivers a message with its id; a client's retry sends the same id.
+        await publish(client, "once", message_id)
+
+        async def handled() -> bool:
+            return logged(events, "message.handled") == [message_id]
+
+        await async_wait_until(handled, within=10, message="the message was never handled")
+        await publish(client, "once", message_id)
+
+        async def skipped() -> bool:
+            return logged(events, "message.duplicate") == [message_id]
+
+        await async_wait_until(skipped, within=10, message="the redelivery was not skipped")
+
+    assert logged(events, "message.handled") == [message_id]
+
+
+async def dead_lettered(queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """The messages waiting in `queue`'s dead-letter queue, taken (acknowledged)."""
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        dead_letters = await channel.get_queue(f"{queue}.dead-letter", ensure=False)
+        taken = []
+        while (message := await dead_letters.get(fail=False, timeout=5)) is not None:
+            await message.ack()
+            taken.append(message)
+        return taken
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_after_its_retries(
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts: list[str] = []
+
+    async def failing(payload: dict[str, Any]) -> None:
+        attempts.append(payload["text"])
+        raise RuntimeError("the handler fails")
+
+    monkeypatch.setattr(messages, "process", failing)
+    settings = make_settings(rabbitmq_max_deliveries=3)
+    async with serve(create_app(settings)) as client:
+        message_id = await publish(client, "poison")
+        taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def in_the_dead_letter_queue() -> bool:
+            taken.extend(await dead_lettered(settings.rabbitmq_queue))
+            return bool(taken)
+
+        await async_wait_until(in_the_dead_letter_queue, within=10, message="not dead-lettered")
+        scraped = await scrape(client)
+
+    assert [message.message_id for message in taken] == [message_id]
+    assert attempts == ["poison"] * 3
+    assert logged(events, "message.failed") == [message_id] * 2
+    assert logged(events, "message.dead_lettered") == [message_id]
+    assert logged(events, "message.handled") == []
+    consumed = "messaging_client_consumed_messages_total"
+    assert scraped.value(consumed, outcome="dead_lettered") >= 1
+
+
+def test_sigterm_with_messages_in_flight_exits_0_and_loses_none(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env |= {"RABBITMQ_DRAIN_SECONDS": "1", "SHUTDOWN_TIMEOUT": "2"}
+    with running("slow app", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        # Handlers that wait until they are cancelled: in flight when SIGTERM comes.
+        ids = [
+            httpx.post(url(service_env, "/messages"), json={"text": "wait"}).json()["message_id"]
+            for _ in range(3)
+        ]
+
+        def all_in_flight() -> bool:
+            metrics = Scrape(httpx.get(url(service_env, "/metrics")).text)
+            return metrics.value("messaging_messages_in_flight") == 3
+
+        wait_until(all_in_flight, timeout=10, message="the messages were never in flight")
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        returncode, stdout, stderr = finish(service)
+        stopped_after = time.monotonic() - signalled
+
+    assert returncode == 0, stderr
+    first_run = json_lines(stdout)
+    assert [line["event"] for line in first_run if line["event"].startswith("message.")] == []
+    assert stopped_after < 10 + 1 + 2 * 2 + 5  # GRACEFUL_SHUTDOWN + drain + closes + slack
+    assert RABBITMQ_URL not in stdout + stderr
+
+    # The next run gets them again, and handles them.
+    with running("python -m", service_env, tmp_path) as service:
+
+        def all_handled() -> bool:
+            handled = [
+                line["message_id"] for line in service.log() if line["event"] == "message.handled"
+            ]
+            return sorted(handled) == sorted(ids)
+
+        wait_until(all_handled, timeout=15, message="the unacknowledged messages were lost")
+        service.process.send_signal(signal.SIGTERM)
+        returncode, _, stderr = finish(service)
+    assert returncode == 0, stderr
+
+
+def test_a_wrong_url_stops_startup_within_the_timeout_without_the_password(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    service_env |= {
+        "RABBITMQ_URL": "amqp://guest:s3cret-wrong@127.0.0.1:5672/",
+        "STARTUP_TIMEOUT": "1",
+    }
+    with running("python -m", service_env, tmp_path) as service:
+        returncode, stdout, stderr = finish(service)
+
+    assert returncode != 0
+    lines = json_lines(stdout)
+    # From the start of the lifespan to its failure: STARTUP_TIMEOUT, and scheduling on a
+    # loaded machine (not the process's imports, which come before).
+    [waiting] = [line for line in lines if line["event"] == "Waiting for application startup."]
+    [failed] = [line for line in lines if line["event"] == "Application startup failed. Exiting."]
+    assert seconds_between(waiting, failed) < 1 + 1.5
+    failures = [line for line in lines if line["event"] == "resource.open_failed"]
+    assert failures
+    assert {line["resource"] for line in failures} == {"rabbitmq"}
+    [fatal] = [line for line in lines if "ResourceUnavailableError" in line["event"]]
+    assert "rabbitmq: not available within the startup timeout" in fatal["event"]
+    assert "ACCESS_REFUSED" in fatal["event"].splitlines()[-1]
+    assert "s3cret" not in stdout + stderr
+
+
+async def test_topology_is_declared_again_without_error(settings: Settings) -> None:
+    # A second service (a new replica, a restart) declares the same topology: no change.
+    async with serve(create_app(settings)) as first, serve(create_app(settings)) as second:
+        assert (await first.get("/health/ready")).status_code == 200
+        assert (await second.get("/health/ready")).status_code == 200
