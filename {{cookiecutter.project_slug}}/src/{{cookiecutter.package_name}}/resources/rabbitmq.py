@@ -292,7 +292,14 @@ class Consumer:
             )
             for task in unfinished:
                 task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
+            if unfinished:
+                # A handler that ignores its cancellation must not hold the shutdown for ever:
+                # its message goes back to the queue with the connection all the same.
+                _, ignored = await asyncio.wait(
+                    unfinished, timeout=self._rabbitmq.settings.shutdown_timeout
+                )
+                if ignored:
+                    log.error("consumer.handlers_abandoned", handlers=len(ignored))
         log.info("consumer.stopped")
 
 
