@@ -715,6 +715,22 @@ def tcp_proxy(target_port: int, target_host: str = "127.0.0.1") -> Iterator[TcpP
 
 
 @contextmanager
+def tcp_proxy_for(url: str, default_port: int) -> Iterator[TcpProxy]:
+    """A TcpProxy in front of the server of `url`."""
+    parts = urlsplit(url)
+    with tcp_proxy(parts.port or default_port, parts.hostname or "127.0.0.1") as proxy:
+        yield proxy
+
+
+def proxied_url(url: str, proxy: TcpProxy) -> str:
+    """`url`, credentials, path and query included, with the proxy's address."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    address = f"127.0.0.1:{proxy.port}"
+    return parts._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
+
+
+@contextmanager
 def private_redis(*, password: str | None = None) -> Iterator[PrivateRedis]:
     binary = shutil.which("redis-server")
     if binary is None:

@@ -4,7 +4,6 @@ it recovers when the network heals."""
 
 import asyncio
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 from structlog.typing import EventDict
@@ -12,7 +11,14 @@ from structlog.typing import EventDict
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RABBITMQ_URL, assert_answered_unavailable, serve
-from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
+from tests.servers import (
+    TcpProxy,
+    answers,
+    async_wait_until,
+    proxied_url,
+    tcp_proxy_for,
+    timed,
+)
 
 PUBLISH_TIMEOUT, READINESS_TIMEOUT = 1.0, 0.3
 SLACK = 0.5
@@ -20,16 +26,12 @@ SLACK = 0.5
 
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
-    url = urlsplit(RABBITMQ_URL)
-    with tcp_proxy(url.port or 5672, url.hostname or "127.0.0.1") as proxy:
+    with tcp_proxy_for(RABBITMQ_URL, default_port=5672) as proxy:
         yield proxy
 
 
 def through(proxy: TcpProxy) -> str:
-    url = urlsplit(RABBITMQ_URL)
-    credentials = url.netloc.rpartition("@")[0]
-    address = f"127.0.0.1:{proxy.port}"
-    return url._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
+    return proxied_url(RABBITMQ_URL, proxy)
 
 
 async def test_a_silent_broker_costs_a_publish_one_deadline_and_heals_by_itself(

@@ -5,7 +5,6 @@ dropped, the rest of the service answers as usual, and it recovers when the netw
 import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from structlog.typing import EventDict
@@ -14,7 +13,14 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import LIFESPAN_RESOURCES, REDIS_URL, assert_answered_unavailable, serve
 from tests.processes import closing_events, stopped_while_silent, worst_case_stop_seconds
-from tests.servers import TcpProxy, answers, async_wait_until, tcp_proxy, timed
+from tests.servers import (
+    TcpProxy,
+    answers,
+    async_wait_until,
+    proxied_url,
+    tcp_proxy_for,
+    timed,
+)
 
 SOCKET_TIMEOUT, READINESS_TIMEOUT = 1.0, 0.3
 # Scheduling and a loaded CI machine; below SOCKET_TIMEOUT, so that a retried command (two
@@ -26,17 +32,12 @@ PROCESS_SLACK = 2.0
 
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
-    url = urlsplit(REDIS_URL)
-    with tcp_proxy(url.port or 6379, url.hostname or "127.0.0.1") as proxy:
+    with tcp_proxy_for(REDIS_URL, default_port=6379) as proxy:
         yield proxy
 
 
 def through(proxy: TcpProxy) -> str:
-    """REDIS_URL, password and database included, with the proxy's address."""
-    url = urlsplit(REDIS_URL)
-    credentials = url.netloc.rpartition("@")[0]
-    address = f"127.0.0.1:{proxy.port}"
-    return url._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
+    return proxied_url(REDIS_URL, proxy)
 
 
 async def test_a_silent_redis_costs_each_request_one_deadline_and_heals_by_itself(
