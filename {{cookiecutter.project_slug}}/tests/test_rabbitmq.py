@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }} import messages
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.dependencies import RabbitMQClient
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RABBITMQ_URL, Scrape, scrape, serve
 from tests.processes import finish, json_lines, running, url, wait_until_ready
@@ -196,6 +198,43 @@ def test_a_wrong_url_stops_startup_within_the_timeout_without_the_password(
     assert "rabbitmq: not available within the startup timeout" in fatal["event"]
     assert "ACCESS_REFUSED" in fatal["event"].splitlines()[-1]
     assert "s3cret" not in stdout + stderr
+
+
+async def test_a_consumer_whose_channel_the_broker_closed_consumes_again(
+    settings: Settings, events: list[EventDict]
+) -> None:
+    app = create_app(settings)
+
+    @app.post("/test/ack-the-unknown")
+    async def ack_the_unknown(rabbitmq: RabbitMQClient) -> None:
+        # An acknowledgement the broker never asked for: it closes the consumer's channel
+        # (PRECONDITION_FAILED), as it does on a consumer's ack timeout.
+        assert rabbitmq.consumer is not None
+        channel = rabbitmq.consumer._channel
+        assert channel is not None
+        await (await channel.get_underlay_channel()).basic_ack(delivery_tag=424242)
+
+    async with serve(app) as client:
+        await publish(client, "before")
+        await async_wait_until(
+            partial(has_handled, events, 1), within=10, message="the first was never handled"
+        )
+        await client.post("/test/ack-the-unknown")
+        await publish(client, "after")
+        await async_wait_until(
+            partial(has_handled, events, 2), within=15, message="not consuming after the close"
+        )
+        ready = await client.get("/health/ready")
+
+    assert ready.status_code == 200, ready.text
+
+
+async def has_handled(events: list[EventDict], count: int) -> bool:
+    return len(logged(events, "message.handled")) >= count
+
+
+async def answers_ready(client: AsyncClient) -> bool:
+    return (await client.get("/health/ready")).status_code == 200
 
 
 async def test_topology_is_declared_again_without_error(settings: Settings) -> None:

@@ -16,10 +16,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -75,18 +76,20 @@ async def declare(
         topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
     queue = await channel.declare_queue(
-        topology.queue,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            # Returned (nacked, or left unacknowledged by a consumer that went away) this many
-            # times after its first delivery, a message is dead-lettered instead.
-            "x-delivery-limit": max_deliveries - 1,
-            "x-dead-letter-exchange": topology.dead_letter_exchange,
-        },
+        topology.queue, durable=True, arguments=queue_arguments(topology, max_deliveries)
     )
     await queue.bind(exchange, routing_key=topology.queue)
     return exchange
+
+
+def queue_arguments(topology: Topology, max_deliveries: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        # Returned (nacked, or left unacknowledged by a consumer that went away) this many
+        # times after its first delivery, a message is dead-lettered instead.
+        "x-delivery-limit": max_deliveries - 1,
+        "x-dead-letter-exchange": topology.dead_letter_exchange,
+    }
 
 
 class PublishError(Exception):
@@ -101,6 +104,8 @@ class RabbitMQ:
         self.topology = Topology.of(settings)
         self.connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        # Set once consuming: readiness also asks whether it still is.
+        self.consumer: Consumer | None = None
 
     async def open(self) -> None:
         """Connect (once) and declare the topology: the startup check, retried by lifecycle."""
@@ -160,6 +165,9 @@ class RabbitMQ:
             raise ConnectionError("not connected")
         channel = await self.connection.channel(publisher_confirms=False)
         await channel.close()
+        if self.consumer is not None and not await self.consumer.consuming():
+            # Messages would wait in the queue, unseen: not ready until the consumer is back.
+            raise ConnectionError("not consuming")
 
     async def close(self) -> None:
         if self.connection is not None:
@@ -217,14 +225,32 @@ class Consumer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
+        self._channel: AbstractChannel | None = None
 
     async def start(self) -> None:
         assert self._rabbitmq.connection is not None
         channel = await self._rabbitmq.connection.channel()
         await channel.set_qos(prefetch_count=self._rabbitmq.settings.rabbitmq_prefetch)
-        self._queue = await channel.get_queue(self._rabbitmq.topology.queue, ensure=False)
+        # Declared (as at startup, so idempotent) rather than looked up: a robust channel
+        # declares again, and consumes again, only the queues declared on it, when it or its
+        # connection comes back. Looked up, the queue was consumed by nobody after a reconnect.
+        self._queue = await channel.declare_queue(
+            self._rabbitmq.topology.queue,
+            durable=True,
+            arguments=queue_arguments(self._rabbitmq.topology, self._max_deliveries),
+        )
         self._tag = await self._queue.consume(self._on_message)
+        self._channel = channel
+        self._rabbitmq.consumer = self
         log.info("consumer.started", queue=self._queue.name)
+
+    async def consuming(self) -> bool:
+        """Whether the broker delivers to this consumer now: its channel open (again), and the
+        consumer not cancelled (the broker cancels it when its queue is deleted, say)."""
+        if self._channel is None or self._channel.is_closed or self._stopping:
+            return False
+        underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        return self._tag in underlay.consumers
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:
