@@ -14,7 +14,6 @@ dev venv (`make bench` makes it); needs the servers `make bench` needs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from bakes import BUILD, REPO, cookiecutter_config, install, run
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 from lifecycle import measure_startup
-from loadgen import WrkResult, ensure_installed, run_wrk
+from loadgen import WrkResult, add_ab_arguments, ensure_installed, run_wrk
 from processes import free_port, processes, wait_for_status, wait_until_idle
 from serve import UVICORN, serve_one
 
@@ -47,12 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="a commit of the template")
     parser.add_argument("--path", default="/upstream/x", help="the route loaded")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
+    add_ab_arguments(parser, rounds=6)
     parser.add_argument("--starts", type=int, default=7, help="starts of each side, alternating")
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
     wrk = ensure_installed("wrk", "wrk")
     work = BUILD.parent / "ab"

@@ -1,5 +1,6 @@
 """wrk, the load generator: install it (and other tools) where missing, run it, read its report."""
 
+import argparse
 import json
 import os
 import re
@@ -22,6 +23,16 @@ class WrkResult:
     p999_ms: float
     errors: int  # socket errors (connect, read, write, timeout) plus non-2xx/3xx responses
     seconds: float  # the window: requests completed in it over its length is rps
+
+
+def add_ab_arguments(parser: argparse.ArgumentParser, *, rounds: int) -> None:
+    """The options of a side-by-side run (bench/ab.py, bench/pooler.py): its wrk rounds and the
+    servers the baked service uses."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 
 def ensure_installed(command: str, package: str) -> str:

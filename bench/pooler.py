@@ -14,14 +14,13 @@ template's dev venv (`make bench` makes it); needs the servers `make bench` need
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from bakes import BUILD, admin, bake, cookiecutter_config, install, run, with_database
-from loadgen import WrkResult, ensure_installed, run_wrk
+from loadgen import WrkResult, add_ab_arguments, ensure_installed, run_wrk
 from processes import processes, request_json, wait_until_idle
 from serve import serve_one
 
@@ -32,11 +31,7 @@ DB_NAME = "bench_pooler"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    add_ab_arguments(parser, rounds=8)
     args = parser.parse_args()
     wrk = ensure_installed("wrk", "wrk")
     work = BUILD.parent / "pooler"
