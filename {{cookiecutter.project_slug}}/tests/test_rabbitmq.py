@@ -1,10 +1,16 @@
 """RabbitMQ against the real broker: publishes confirmed, every message handled once, failing
 messages dead-lettered after their retries, nothing lost at SIGTERM, startup bounded."""
 
+import asyncio
+import itertools
 import signal
 import time
 import uuid
+{%- if cookiecutter.use_redis %}
+from collections.abc import Callable, Iterator
+{%- else %}
 from collections.abc import Callable
+{%- endif %}
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -22,7 +28,13 @@ from {{ cookiecutter.package_name }}.dependencies import RabbitMQClient
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RABBITMQ_URL, Scrape, scrape, serve
 from tests.processes import finish, json_lines, running, url, wait_until_ready
+{%- if cookiecutter.use_redis %}
+from tests.servers import PrivateRedis, async_wait_until, private_redis, wait_until
+{%- else %}
 from tests.servers import async_wait_until, wait_until
+{%- endif %}
+
+RETRY_DELAY = 0.2
 
 
 def seconds_between(first: dict[str, Any], then: dict[str, Any]) -> float:
@@ -104,13 +116,15 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_its_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     attempts: list[str] = []
+    attempted_at: list[float] = []
 
     async def failing(payload: dict[str, Any]) -> None:
         attempts.append(payload["text"])
+        attempted_at.append(time.monotonic())
         raise RuntimeError("the handler fails")
 
     monkeypatch.setattr(messages, "process", failing)
-    settings = make_settings(rabbitmq_max_deliveries=3)
+    settings = make_settings(rabbitmq_max_deliveries=3, rabbitmq_retry_delay=RETRY_DELAY)
     async with serve(create_app(settings)) as client:
         message_id = await publish(client, "poison")
         taken: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -124,11 +138,122 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_its_retries(
 
     assert [message.message_id for message in taken] == [message_id]
     assert attempts == ["poison"] * 3
+    # Each retry waited RABBITMQ_RETRY_DELAY x 2^(delivery - 1) before it was returned.
+    gaps = [then - first for first, then in itertools.pairwise(attempted_at)]
+    assert gaps[0] >= RETRY_DELAY
+    assert gaps[1] >= 2 * RETRY_DELAY
     assert logged(events, "message.failed") == [message_id] * 2
     assert logged(events, "message.dead_lettered") == [message_id]
     assert logged(events, "message.handled") == []
     consumed = "messaging_client_consumed_messages_total"
     assert scraped.value(consumed, outcome="dead_lettered") >= 1
+
+
+async def test_a_handler_past_its_timeout_has_failed(
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def hanging(payload: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(messages, "process", hanging)
+    settings = make_settings(
+        rabbitmq_handler_timeout=0.2, rabbitmq_max_deliveries=2, rabbitmq_retry_delay=0.01
+    )
+    async with serve(create_app(settings)) as client:
+        message_id = await publish(client, "slow")
+
+        async def dead_lettered_after_its_timeouts() -> bool:
+            return logged(events, "message.dead_lettered") == [message_id]
+
+        await async_wait_until(
+            dead_lettered_after_its_timeouts, within=10, message="never dead-lettered"
+        )
+
+    failures = [e for e in events if e["event"] in ("message.failed", "message.dead_lettered")]
+    assert [failure["error"] for failure in failures] == ["TimeoutError"] * 2
+    assert [message.message_id for message in await dead_lettered(settings.rabbitmq_queue)] == [
+        message_id
+    ]
+
+
+async def test_a_redelivery_while_the_first_is_handled_waits_and_is_skipped(
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two deliveries of one id at once (a redelivery to a second consumer while the first still
+    # works on it; here, a client's retry): the second waits for the first, and is skipped.
+    first_may_finish = asyncio.Event()
+    calls: list[str] = []
+
+    async def held(payload: dict[str, Any]) -> None:
+        calls.append(payload["text"])
+        await first_may_finish.wait()
+
+    monkeypatch.setattr(messages, "process", held)
+    message_id = uuid.uuid4().hex
+    settings = make_settings(rabbitmq_retry_delay=0.05, rabbitmq_max_deliveries=2)
+    async with serve(create_app(settings)) as client:
+        await publish(client, "first", message_id)
+        await publish(client, "second", message_id)
+
+        async def second_deferred() -> bool:
+            return len(logged(events, "message.deferred")) >= 3
+
+        await async_wait_until(second_deferred, within=10, message="the second did not wait")
+        first_may_finish.set()
+
+        async def second_skipped() -> bool:
+            return logged(events, "message.duplicate") == [message_id]
+
+        await async_wait_until(second_skipped, within=10, message="the second was not skipped")
+
+    assert calls == ["first"]
+    assert logged(events, "message.handled") == [message_id]
+    # Waiting is no failure: no delivery was spent on it, nothing was dead-lettered.
+    assert logged(events, "message.failed") == []
+    assert await dead_lettered(settings.rabbitmq_queue) == []
+{%- if cookiecutter.use_redis %}
+
+
+@pytest.fixture
+def redis_server() -> Iterator[PrivateRedis]:
+    with private_redis() as server:
+        yield server
+
+
+async def test_an_outage_of_the_handled_ids_store_holds_messages_and_dead_letters_none(
+    redis_server: PrivateRedis, make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    settings = make_settings(
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        rabbitmq_retry_delay=0.05,
+        rabbitmq_retry_delay_max=0.2,
+        rabbitmq_max_deliveries=2,
+    )
+    async with serve(create_app(settings)) as client:
+        await asyncio.to_thread(redis_server.stop)
+        published = [await publish(client, f"during the outage {n}") for n in range(3)]
+
+        async def held_past_the_delivery_limit() -> bool:
+            deferred = logged(events, "message.deferred")
+            return all(deferred.count(message_id) > 3 for message_id in published)
+
+        await async_wait_until(
+            held_past_the_delivery_limit, within=15, message="not held while Redis was down"
+        )
+        await asyncio.to_thread(redis_server.start)
+
+        async def all_handled() -> bool:
+            return sorted(logged(events, "message.handled")) == sorted(published)
+
+        await async_wait_until(all_handled, within=15, message="not handled after Redis")
+
+    assert logged(events, "message.failed") == []
+    assert await dead_lettered(settings.rabbitmq_queue) == []
+{%- endif %}
 
 
 def test_sigterm_with_messages_in_flight_exits_0_and_loses_none(

@@ -26,7 +26,11 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import serve
 from tests.otlp import OtlpReceiver, Span, children_of, otlp_receiver
 from tests.processes import finish, json_lines, running, url, wait_until_ready
+{%- if cookiecutter.use_rabbitmq %}
+from tests.servers import async_wait_until, free_port, silent_server, timed
+{%- else %}
 from tests.servers import free_port, silent_server, timed
+{%- endif %}
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,33 @@ async def test_a_route_adds_spans_of_its_own_with_app_tracer(
     (own,) = [span for span in spans if span.name == "own work"]
     (server,) = [span for span in spans if span.kind == "server"]
     assert (own.parent_span_id, own.scope) == (server.span_id, "{{ cookiecutter.package_name }}")
+
+
+{%- if cookiecutter.use_rabbitmq %}
+
+
+async def test_a_message_is_handled_in_the_trace_of_the_request_that_published_it(
+    make_settings: Callable[..., Settings], receiver: OtlpReceiver, events: list[EventDict]
+) -> None:
+    async with serve(create_app(make_settings())) as client:
+        response = await client.post("/messages", json={"text": "traced"})
+        message_id = response.json()["message_id"]
+
+        async def handled() -> bool:
+            return any(e["event"] == "message.handled" for e in events)
+
+        await async_wait_until(handled, within=10, message="the message was never handled")
+
+    assert response.status_code == 202
+    spans = receiver.spans()
+    (server,) = [span for span in spans if span.kind == "server"]
+    (publish,) = [span for span in spans if span.kind == "producer"]
+    (process,) = [span for span in spans if span.kind == "consumer"]
+    assert publish.parent_span_id == server.span_id
+    assert (process.trace_id, process.parent_span_id) == (server.trace_id, publish.span_id)
+    assert process.attributes["messaging.message.id"] == message_id
+    assert publish.attributes["messaging.system"] == "rabbitmq"
+{%- endif %}
 
 
 def unreachable_collector(kind: str) -> AbstractContextManager[int]:

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from {{ cookiecutter.package_name }}.background import Supervisor, supervise_background
 {%- if cookiecutter.use_rabbitmq %}
-from {{ cookiecutter.package_name }}.messages import {{ "RedisHandledIds" if cookiecutter.use_redis else "MemoryHandledIds" }}, handle
+from {{ cookiecutter.package_name }}.messages import IdempotentHandler, {{ "RedisHandledIds" if cookiecutter.use_redis else "MemoryHandledIds" }}
 {%- endif %}
 from {{ cookiecutter.package_name }}.metrics import expose_metrics
 from {{ cookiecutter.package_name }}.readiness import SharedChecks, shared_checks
@@ -67,6 +67,9 @@ from {{ cookiecutter.package_name }}.resources.tracing import (
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
     trace_postgres,
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+    trace_rabbitmq,
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     trace_redis,
@@ -208,7 +211,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             # Last in, so first out: no check still runs on a resource that is closing.
             "readiness_checks": await stack.enter_async_context(shared_checks(settings)),
         }
-{%- if cookiecutter.use_opentelemetry and (cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client) %}
+{%- if cookiecutter.use_opentelemetry and (cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client or cookiecutter.use_rabbitmq) %}
         # Traced from here on: the startup checks are no request's work.
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry and cookiecutter.use_postgres %}
@@ -220,11 +223,20 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_opentelemetry and cookiecutter.use_http_client %}
         trace_http_client(state["http_client"], tracer_provider)
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry and cookiecutter.use_rabbitmq %}
+        trace_rabbitmq(state["rabbitmq"], tracer_provider)
+{%- endif %}
 {%- if cookiecutter.use_rabbitmq %}
         # Consuming from here on, and stopped first: its handlers finish (or are cancelled,
         # their messages requeued) before the resources they use close.
-        handled = {{ "RedisHandledIds(redis, settings.redis_key_prefix)" if cookiecutter.use_redis else "MemoryHandledIds()" }}
-        await stack.enter_async_context(consume(rabbitmq, partial(handle, handled=handled)))
+{%- if cookiecutter.use_redis %}
+        handled = RedisHandledIds(
+            redis, settings.redis_key_prefix, settings.rabbitmq_handler_timeout
+        )
+{%- else %}
+        handled = MemoryHandledIds()
+{%- endif %}
+        await stack.enter_async_context(consume(rabbitmq, IdempotentHandler(handled)))
 {%- endif %}
         stack.enter_context(startup_objects_frozen())
         log.info("lifespan.started", duration_ms=elapsed_ms(started), pid=os.getpid())

@@ -219,6 +219,14 @@ class Settings(BaseSettings):
     rabbitmq_heartbeat: int = Field(default=10, ge=1)
     # Deliveries of a message whose handler fails before it goes to the dead-letter queue.
     rabbitmq_max_deliveries: int = Field(default=5, ge=1)
+    # A handler still running after this long has failed (its message is retried).
+    rabbitmq_handler_timeout: Seconds = 30.0
+    # A failed message is returned to the queue after RABBITMQ_RETRY_DELAY x 2^(delivery - 1)
+    # seconds, at most RABBITMQ_RETRY_DELAY_MAX: its retries span a passing outage instead of
+    # burning through RABBITMQ_MAX_DELIVERIES in a second. The same pauses space the retries of
+    # a message held while the store of handled ids does not answer.
+    rabbitmq_retry_delay: Seconds = 1.0
+    rabbitmq_retry_delay_max: Seconds = 30.0
     # At shutdown, how long the messages being handled may take to finish before they are
     # cancelled (and, unacknowledged, delivered again to the next consumer).
     rabbitmq_drain_seconds: float = Field(default=5.0, ge=0)

@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Self, cast
+from typing import Any, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -92,6 +92,31 @@ def queue_arguments(topology: Topology, max_deliveries: int) -> dict[str, Any]:
     }
 
 
+class MessageTracing(Protocol):
+    """Spans around publishes and handlers, whose trace context travels in message headers
+    (resources/tracing.py, with OpenTelemetry); without tracing, nothing."""
+
+    def publishing(self, headers: dict[str, Any], exchange: str) -> AbstractContextManager[object]:
+        """Around a publish; puts the trace context into the message's `headers`."""
+        ...
+
+    def handling(
+        self, message: AbstractIncomingMessage, queue: str
+    ) -> AbstractContextManager[object]:
+        """Around a message's handling, in the trace its headers carry."""
+        ...
+
+
+class NoTracing:
+    def publishing(self, headers: dict[str, Any], exchange: str) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def handling(
+        self, message: AbstractIncomingMessage, queue: str
+    ) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+
 class PublishError(Exception):
     """The broker did not confirm the message within RABBITMQ_PUBLISH_TIMEOUT, or refused it."""
 
@@ -106,6 +131,7 @@ class RabbitMQ:
         self._exchange: AbstractExchange | None = None
         # Set once consuming: readiness also asks whether it still is.
         self.consumer: Consumer | None = None
+        self.tracing: MessageTracing = NoTracing()
 
     async def open(self) -> None:
         """Connect (once) and declare the topology: the startup check, retried by lifecycle."""
@@ -139,20 +165,23 @@ class RabbitMQ:
         """Return once the broker has confirmed the message (persisted in its queue); raise
         PublishError if it has not within RABBITMQ_PUBLISH_TIMEOUT, or refused it."""
         assert self._exchange is not None, "publish before open"
-        message = aio_pika.Message(
-            body,
-            message_id=message_id,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
+        headers: dict[str, Any] = {}
         try:
             # The deadline also covers waiting for a lost connection to come back: aio-pika's
             # publish waits for that without limit (aio-pika issues #556, #636).
-            async with asyncio.timeout(self.settings.rabbitmq_publish_timeout):
-                # mandatory: a message no queue takes is returned, and raises, not dropped.
-                await self._exchange.publish(
-                    message, routing_key=self.topology.queue, mandatory=True
+            with self.tracing.publishing(headers, self.topology.exchange):
+                message = aio_pika.Message(
+                    body,
+                    headers=headers,
+                    message_id=message_id,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 )
+                async with asyncio.timeout(self.settings.rabbitmq_publish_timeout):
+                    # mandatory: a message no queue takes is returned, and raises, not dropped.
+                    await self._exchange.publish(
+                        message, routing_key=self.topology.queue, mandatory=True
+                    )
         except Exception as exc:
             outcome = "timeout" if isinstance(exc, TimeoutError) else "failed"
             MESSAGES_PUBLISHED.labels(outcome).inc()
@@ -212,6 +241,13 @@ async def open_rabbitmq(settings: Settings, deadline: float) -> AsyncIterator[Ra
 Handler = Callable[[AbstractIncomingMessage], Awaitable[bool]]
 
 
+class RetryLaterError(Exception):
+    """Raised by a handler when the message is fine but something the handler needs is not
+    (its store of handled ids does not answer, say). The consumer keeps the message and calls
+    the handler again after a pause, instead of returning it to the queue: a return counts as
+    a delivery, and an outage would otherwise dead-letter every message in flight."""
+
+
 class Consumer:
     """Consumes RABBITMQ_QUEUE, at most RABBITMQ_PREFETCH messages at once. A message is
     acknowledged only once its handler succeeded; a failure returns it to the queue, whose
@@ -262,7 +298,8 @@ class Consumer:
         self._tasks.add(task)
         MESSAGES_IN_FLIGHT.inc()
         try:
-            await self._handle(message)
+            with self._rabbitmq.tracing.handling(message, self._rabbitmq.topology.queue):
+                await self._handle(message)
         finally:
             MESSAGES_IN_FLIGHT.dec()
             self._tasks.discard(task)
@@ -280,14 +317,18 @@ class Consumer:
             await message.reject(requeue=False)  # to the dead-letter queue
             return
         try:
-            done_now = await self._handler(message)
+            done_now = await self._handled_by_and_by(message, fields)
         except Exception as exc:
             if delivery >= self._max_deliveries:
                 outcome, event = "dead_lettered", "message.dead_lettered"
             else:
                 outcome, event = "retried", "message.failed"
-            log.warning(event, error=describe(exc), **fields)
+            retry_in = self._retry_delay(delivery)
+            log.warning(event, error=describe(exc), retry_in=retry_in, **fields)
             MESSAGES_CONSUMED.labels(outcome).inc()
+            if outcome == "retried":
+                # Held meanwhile, so the next delivery comes no sooner (a nack requeues at once).
+                await asyncio.sleep(retry_in)
             await _settle(message.nack(requeue=True), fields)
             return
         if done_now:
@@ -297,6 +338,28 @@ class Consumer:
             log.info("message.duplicate", **fields)
             MESSAGES_CONSUMED.labels("duplicate").inc()
         await _settle(message.ack(), fields)
+
+    async def _handled_by_and_by(
+        self, message: AbstractIncomingMessage, fields: dict[str, Any]
+    ) -> bool:
+        """The handler's answer, each call within RABBITMQ_HANDLER_TIMEOUT; called again after
+        a growing pause for as long as it asks to retry later (until the consumer stops)."""
+        timeout = self._rabbitmq.settings.rabbitmq_handler_timeout
+        pauses = 0
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._handler(message)
+            except RetryLaterError as exc:
+                pauses += 1
+                retry_in = self._retry_delay(pauses)
+                log.warning("message.deferred", error=str(exc), retry_in=retry_in, **fields)
+                await asyncio.sleep(retry_in)
+
+    def _retry_delay(self, attempt: int) -> float:
+        settings = self._rabbitmq.settings
+        ceiling = settings.rabbitmq_retry_delay_max
+        return min(ceiling, settings.rabbitmq_retry_delay * 2.0 ** min(attempt - 1, 30))
 
     async def stop(self, drain_seconds: float) -> None:
         """Stop taking messages, let those being handled finish within `drain_seconds`, cancel

@@ -1,5 +1,6 @@
 """OpenTelemetry tracing: a tracer provider per app, exporting spans over OTLP/HTTP while the
-lifespan runs, and spans for each request, SQL statement, Redis command and outgoing call.
+lifespan runs, and spans for each request, SQL statement, Redis command, outgoing call and
+message published or handled.
 
 The SDK reads the standard variables itself: OTEL_EXPORTER_OTLP_ENDPOINT (or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME,
@@ -13,14 +14,28 @@ instrumentation is handed its app's provider instead.
 """
 
 import asyncio
+{%- if cookiecutter.use_rabbitmq %}
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+{%- else %}
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+{%- endif %}
 from functools import partial
+{%- if cookiecutter.use_rabbitmq %}
+from typing import Any
+{%- endif %}
 
 {% if cookiecutter.use_http_client -%}
 import httpx
 {% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+from aio_pika.abc import AbstractIncomingMessage
+{% endif -%}
 from fastapi import FastAPI
+{%- if cookiecutter.use_rabbitmq %}
+from opentelemetry import propagate
+{%- endif %}
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 {%- if cookiecutter.use_http_client %}
@@ -36,6 +51,9 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+{%- if cookiecutter.use_rabbitmq %}
+from opentelemetry.trace import Span, SpanKind, Tracer
+{%- endif %}
 {%- if cookiecutter.use_redis %}
 from redis.asyncio import Redis
 {%- endif %}
@@ -44,6 +62,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
+{%- if cookiecutter.use_rabbitmq %}
+from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 
 # The instrumentations' own metrics would be a second set of metrics, never exported.
@@ -97,6 +118,58 @@ def trace_postgres(engine: AsyncEngine, tracer_provider: TracerProvider) -> None
 def trace_redis(client: Redis, tracer_provider: TracerProvider) -> None:
     """A client span per Redis command (a pipeline is one span), for this client only."""
     RedisInstrumentor.instrument_client(client, tracer_provider=tracer_provider)
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+
+
+def trace_rabbitmq(rabbitmq: RabbitMQ, tracer_provider: TracerProvider) -> None:
+    """A producer span per publish, whose context goes out in the message's `traceparent`
+    header, and a consumer span per message handled, in the trace that header names: the
+    handling of an event belongs to the trace of the request that published it. By hand: the
+    aio-pika instrumentation patches aio-pika's classes for the whole process, with one
+    provider (the same reason as for asyncpg above)."""
+    rabbitmq.tracing = TracedMessages(tracer_provider.get_tracer(__name__))
+
+
+class TracedMessages:
+    """MessageTracing (resources/rabbitmq.py) with OpenTelemetry's messaging conventions."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    @contextmanager
+    def publishing(self, headers: dict[str, Any], exchange: str) -> Iterator[Span]:
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": exchange,
+        }
+        with self._tracer.start_as_current_span(
+            f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            propagate.inject(headers)
+            yield span
+
+    @contextmanager
+    def handling(self, message: AbstractIncomingMessage, queue: str) -> Iterator[Span]:
+        carrier = {
+            name: value.decode() if isinstance(value, bytes) else value
+            for name, value in message.headers.items()
+            if isinstance(value, str | bytes)
+        }
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": message.message_id or "",
+        }
+        with self._tracer.start_as_current_span(
+            f"process {queue}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            yield span
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
 
