@@ -149,6 +149,29 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_its_retries(
     assert scraped.value(consumed, outcome="dead_lettered") >= 1
 
 
+async def test_a_publishers_delivery_count_header_is_not_believed(
+    settings: Settings, events: list[EventDict]
+) -> None:
+    message_id = uuid.uuid4().hex
+    async with serve(create_app(settings)):
+        connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(settings.rabbitmq_queue, ensure=False)
+            forged = aio_pika.Message(
+                b'{"text": "forged"}', message_id=message_id, headers={"x-delivery-count": 99}
+            )
+            await exchange.publish(forged, routing_key=settings.rabbitmq_queue)
+
+        async def handled() -> bool:
+            return logged(events, "message.handled") == [message_id]
+
+        await async_wait_until(handled, within=10, message="the message was never handled")
+
+    [line] = [e for e in events if e["event"] == "message.handled"]
+    assert line["delivery"] == 1
+
+
 async def test_a_handler_past_its_timeout_has_failed(
     make_settings: Callable[..., Settings],
     events: list[EventDict],

@@ -143,7 +143,8 @@ class RabbitMQ:
                     # A broker that stops answering is given up after 3 x (heartbeat + 1)
                     # seconds without a frame; the connection is then reopened in the background.
                     heartbeat=settings.rabbitmq_heartbeat,
-                    client_properties={"connection_name": settings.rabbitmq_queue},
+                    # What the broker's connection list shows (aiormq reads `name` from the URL).
+                    name=settings.rabbitmq_queue,
                 )
             )
             try:
@@ -307,9 +308,11 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         message_id = message.message_id
-        # The broker's count of earlier deliveries that were not acknowledged (quorum queues).
+        # The broker's count of earlier deliveries that were not acknowledged (quorum queues);
+        # on a first delivery the header can only be the publisher's, and is not believed.
         count = message.headers.get("x-delivery-count")
-        delivery = (count if isinstance(count, int) else 0) + 1
+        redelivered = message.redelivered and isinstance(count, int) and count > 0
+        delivery = cast(int, count) + 1 if redelivered else 1
         fields = {"message_id": message_id, "delivery": delivery}
         if not message_id:
             log.error("message.rejected", reason="no message id", **fields)
