@@ -55,6 +55,13 @@ FILES_BY_RESOURCE = {
         Path("tests") / "test_rabbitmq.py",
         Path("tests") / "test_rabbitmq_silent.py",
     ],
+    "auth": [
+        PACKAGE / "auth.py",
+        PACKAGE / "resources" / "auth_keys.py",
+        PACKAGE / "api" / "principal.py",
+        Path("tests") / "test_auth.py",
+        Path("tests") / "identity_provider.py",
+    ],
 }
 ENABLED = {
     "postgres": {{ cookiecutter.use_postgres }},
@@ -62,6 +69,7 @@ ENABLED = {
     "http_client": {{ cookiecutter.use_http_client }},
     "opentelemetry": {{ cookiecutter.use_opentelemetry }},
     "rabbitmq": {{ cookiecutter.use_rabbitmq }},
+    "auth": {{ cookiecutter.use_auth }},
 }
 # The commands of the README's quick start (Run it), which tests/test_hooks.py holds them to.
 QUICK_START = [

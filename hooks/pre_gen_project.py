@@ -10,6 +10,8 @@ import sys
 PROJECT_NAME = {{ cookiecutter.project_name | tojson }}
 PROJECT_SLUG = {{ cookiecutter.project_slug | tojson }}
 PACKAGE_NAME = {{ cookiecutter.package_name | tojson }}
+USE_AUTH = {{ cookiecutter.use_auth }}
+USE_HTTP_CLIENT = {{ cookiecutter.use_http_client }}
 
 # Modules the generated service or its tests import, beyond the standard library: a package with one of these names
 # would shadow the real module on sys.path and break the service at import time.
@@ -18,10 +20,12 @@ SHADOWED_IMPORTS = {
     "aiormq",
     "alembic",
     "anyio",
+    "cryptography",
     "asgi_lifespan",
     "asyncpg",
     "fastapi",
     "httpx",
+    "jwt",
     "mypy",
     "opentelemetry",
     "prometheus_client",
@@ -68,8 +72,17 @@ def package_error(name: str) -> str | None:
     return None
 
 
+def auth_error() -> str | None:
+    if USE_AUTH and not USE_HTTP_CLIENT:
+        return (
+            "use_auth needs use_http_client: the identity provider's keys are fetched by the service's "
+            "shared HTTP client, so that its timeouts, proxies, CA bundle and metrics apply; answer yes to both"
+        )
+    return None
+
+
 def main() -> int:
-    checks = (name_error(PROJECT_NAME), slug_error(PROJECT_SLUG), package_error(PACKAGE_NAME))
+    checks = (name_error(PROJECT_NAME), slug_error(PROJECT_SLUG), package_error(PACKAGE_NAME), auth_error())
     errors = [error for error in checks if error]
     for error in errors:
         print(f"ERROR: {error}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Regenerate the lock data a baked project's uv.lock is assembled from (`make lock`).
 
 A project's uv.lock must match its pyproject.toml, which differs by python_version (its
-requires-python) and by the five use_* flags (its dependencies). Baking stays offline and needs
+requires-python) and by the six use_* flags (its dependencies). Baking stays offline and needs
 no uv, so this script locks every variant here and writes the parts of all those locks into
 `{{cookiecutter.project_slug}}/uv.lock.variants`: each distinct part once, with the variants
 whose lock has it. The post-generation hook joins its variant's parts into uv.lock.
@@ -39,14 +39,14 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 DATA = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "uv.lock.variants"
 WORK_DIR = TEMPLATE_DIR / "build" / "lock"
 # The flags in the order of a variant's bits, the post-generation hook's order.
-FLAGS = ("use_postgres", "use_redis", "use_http_client", "use_opentelemetry", "use_rabbitmq")
+FLAGS = ("use_postgres", "use_redis", "use_http_client", "use_opentelemetry", "use_rabbitmq", "use_auth")
 PLACEHOLDER_NAME = "Lock Placeholder"
 PLACEHOLDER = "lock-placeholder"  # the slug of PLACEHOLDER_NAME: the project's name in its lock
 PACKAGE_SEPARATOR = "\n[[package]]\n"
 HEADER_COMMENT = """\
 # The uv.lock of every variant of the baked project, written by scripts/lock.py (`make lock` in
 # the template): do not edit. A variant is a python_version and the use_* flags as bits, in the
-# order postgres, redis, http_client, opentelemetry, rabbitmq ("3.11-11100"). Each section is a part of
+# order postgres, redis, http_client, opentelemetry, rabbitmq, auth ("3.11-111000"). Each section is a part of
 # uv.lock (its header, or one [[package]]) with the hexadecimal mask of the variants whose lock
 # has it: bit i stands for the i-th variant listed. The post-generation hook joins its variant's
 # parts, in uv's order, names the project after the project's slug, and deletes this file.
@@ -77,8 +77,17 @@ def variants() -> list[Variant]:
     """Every python_version choice (lowest first, as cookiecutter.json lists them) with every
     combination of flags, all on first."""
     choices = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())["python_version"]
-    combinations = list(itertools.product([True, False], repeat=len(FLAGS)))
+    combinations = [
+        flags
+        for flags in itertools.product([True, False], repeat=len(FLAGS))
+        if bake_allowed(dict(zip(FLAGS, flags, strict=True)))
+    ]
     return [Variant(version, flags) for version in choices for flags in combinations]
+
+
+def bake_allowed(flags: dict[str, bool]) -> bool:
+    """What hooks/pre_gen_project.py allows: auth's keys come through the HTTP client."""
+    return not (flags["use_auth"] and not flags["use_http_client"])
 
 
 def run(argv: list[str], cwd: Path) -> None:

@@ -120,6 +120,18 @@ RESOURCES: dict[str, Resource] = {
         dependencies=("aio-pika",),
         modules=("aio_pika",),
     ),
+    "auth": Resource(
+        flag="use_auth",
+        files=(
+            "src/{package}/auth.py",
+            "src/{package}/resources/auth_keys.py",
+            "src/{package}/api/principal.py",
+            "tests/test_auth.py",
+            "tests/identity_provider.py",
+        ),
+        dependencies=("pyjwt",),
+        modules=("jwt",),
+    ),
 }
 # Dependencies of two options together: the tracing instrumentation of each resource.
 PAIR_DEPENDENCIES: dict[tuple[str, str], str] = {
@@ -170,18 +182,26 @@ def case_of(flags: str) -> Case:
 RENAMED_ALL_ON = Case(
     frozenset(RESOURCES), project_name="Billing API v2", slug="billing-api-v2", package="billing_api_v2"
 )
-CASES = [
-    case_of("".join(flags)) for flags in itertools.product("10", repeat=len(RESOURCES))
-] + [RENAMED_ALL_ON]
+
+
+def allowed(flags: str) -> bool:
+    """What hooks/pre_gen_project.py lets bake: auth fetches its keys with the HTTP client."""
+    enabled = dict(zip(RESOURCES, flags, strict=True))
+    return not (enabled["auth"] == "1" and enabled["http_client"] == "0")
+
+
+ALL_FLAGS = ["".join(flags) for flags in itertools.product("10", repeat=len(RESOURCES))]
+CASES = [case_of(flags) for flags in ALL_FLAGS if allowed(flags)] + [RENAMED_ALL_ON]
 
 # The combinations whose own test suite runs (RESOURCES order: postgres, redis, http_client,
-# opentelemetry, rabbitmq): all on, all off, the default answers, and three more so that every
-# two flags meet in each of their four pairs of values
-# (test_suite_cases_cover_every_pair_of_flag_values): tracing with PostgreSQL alone, RabbitMQ
-# with Redis and tracing, RabbitMQ with the HTTP client. A suite takes a minute or more of real
-# servers and processes; what the other combinations add is which files and lines they contain,
-# and every combination is linted and type-checked.
-SUITE_FLAGS = ["11111", "00000", "11100", "10010", "01011", "00101"]
+# opentelemetry, rabbitmq, auth): all on, all off, the default answers, and four more so that
+# every two flags meet in each pair of values they can take together (auth needs the HTTP
+# client; test_suite_cases_cover_every_pair_of_flag_values): tracing with PostgreSQL alone,
+# RabbitMQ with Redis and tracing, RabbitMQ with the HTTP client and auth, auth with the HTTP
+# client alone. A suite takes a minute or more of real servers and processes; what the other
+# combinations add is which files and lines they contain, and every combination is linted and
+# type-checked.
+SUITE_FLAGS = ["111111", "000000", "111000", "100100", "010110", "001011", "001001"]
 # The other python_version choices, all on: the newest runs the whole suite, in a venv of that
 # Python; the ones between are linted and type-checked for their target (ruff's target-version,
 # mypy's python_version) by test_each_python_version_lints_and_type_checks.
@@ -267,11 +287,12 @@ def test_suite_cases_cover_every_pair_of_flag_values() -> None:
     assert frozenset() in suites
     defaults = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
     assert frozenset(name for name, resource in RESOURCES.items() if defaults[resource.flag]) in suites
-    every_pair_of_values = set(itertools.product([True, False], repeat=2))
+    bakeable = [case.enabled for case in CASES]
     for first, second in itertools.combinations(RESOURCES, 2):
+        possible = {(first in enabled, second in enabled) for enabled in bakeable}
         met = {(first in enabled, second in enabled) for enabled in suites}
-        assert met == every_pair_of_values, f"{first} and {second} never meet as {every_pair_of_values - met}"
-    assert len(CASES) == 2 ** len(RESOURCES) + 1
+        assert met == possible, f"{first} and {second} never meet as {possible - met}"
+    assert len(CASES) == len([flags for flags in ALL_FLAGS if allowed(flags)]) + 1 == 49
     assert sorted(SUITE_CASES + LINT_ONLY_CASES, key=str) == sorted([*CASES, NEWEST_PYTHON_ALL_ON], key=str)
     other_versions = {case.python_version for case in [NEWEST_PYTHON_ALL_ON, *MIDDLE_PYTHON_CASES]}
     assert other_versions == set(PYTHON_VERSIONS[1:]), "every python_version choice is checked"

@@ -40,7 +40,7 @@ from test_bake import CASES, RESOURCES, Case
 from test_deploy_files import dockerfile_instructions, load_yaml
 
 # The name a resource's log events give it, where it is not the option's.
-LOGGED_AS = {"opentelemetry": "tracing"}
+LOGGED_AS = {"opentelemetry": "tracing", "auth": "auth_keys"}
 CONTAINER_CASES = [
     case for case in CASES if case.project_name is None and case.enabled in {frozenset(RESOURCES), frozenset()}
 ]
@@ -340,6 +340,42 @@ class CountingCollector(BaseHTTPRequestHandler):
         """Quiet."""
 
 
+# The public half of an RSA key, made once for this test: the service only has to load it.
+PUBLIC_JWK = {
+    "kty": "RSA",
+    "kid": "container-test",
+    "use": "sig",
+    "alg": "RS256",
+    "e": "AQAB",
+    "n": (
+        "qASKxeLLssti4Wxa_o9Z6lwOJ1JNtds1aE2e13q7smI8UaZ_SjGZ6_72YwdSh__qtSKfy1OTFLXeFwZQlfQeGnvyK2ItWbwZ2R"
+        "ZqDWXGYUQjItzNcu5HTjn10NdDJiT9m3WNMnkjlEJeiLa11wO6bi44EG-jXiIklfU84BS7PRCPOuNs5Fy87d1bgI4N4TdjWzDg"
+        "pBOwh-m_Y025Tos1Wmljr60YOxl7O-gx7X_T8uLvmPpxkbsi1A3RqMz8cXySF42gOQIzDtEntck1gx2_I66JmOnxV7Etoi15jy"
+        "Gsgxv9RWAGFm65JO5Cp4sCd-YVlzo0tCem1JMdouCG3ky44Q"
+    ),
+}
+
+
+class StandInProvider(BaseHTTPRequestHandler):
+    """An identity provider's discovery document and key set, as the service fetches them."""
+
+    def do_GET(self) -> None:
+        issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        documents = {
+            "/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": f"{issuer}/jwks"},
+            "/jwks": {"keys": [PUBLIC_JWK]},
+        }
+        body = json.dumps(documents.get(self.path, {})).encode()
+        self.send_response(200 if self.path in documents else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
 def server_env(engine: DockerEngine, tag: str, project: Path, case: Case, stack: contextlib.ExitStack) -> dict[str, str]:
     """The URLs of the host's servers; with PostgreSQL, a fresh database migrated by the image."""
     env = {}
@@ -348,6 +384,8 @@ def server_env(engine: DockerEngine, tag: str, project: Path, case: Case, stack:
     if "rabbitmq" in case.enabled:
         # One stable name: each run declares the same topology again, so nothing piles up.
         env |= {"RABBITMQ_URL": RABBITMQ_URL, "RABBITMQ_QUEUE": "template-container-test"}
+    if "auth" in case.enabled:
+        env["AUTH_ISSUER"] = stack.enter_context(project_servers.http_server(StandInProvider))
     if "postgres" in case.enabled:
         env["DATABASE_URL"] = stack.enter_context(fresh_database())
         migrate(engine, tag, pod_from_manifest(project, "migrate-job.yaml"), env["DATABASE_URL"], case.package)

@@ -44,7 +44,7 @@ MIGRATE_JOB = "migrate-job.yaml"
 SERVERS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "rabbitmq": "RABBITMQ_URL"}
 HEALTH_COMMANDS = {"postgres": "pg_isready", "redis": "redis-cli ping", "rabbitmq": "rabbitmq-diagnostics -q ping"}
 # Resources that close one after another at shutdown, each within SHUTDOWN_TIMEOUT.
-RESOURCES_CLOSED_AT_SHUTDOWN = ("opentelemetry", "postgres", "redis", "http_client", "rabbitmq")
+RESOURCES_CLOSED_AT_SHUTDOWN = ("opentelemetry", "postgres", "redis", "http_client", "auth", "rabbitmq")
 
 
 def validate(name: str, argv: list[str], cwd: Path) -> StepResult:

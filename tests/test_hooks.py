@@ -27,6 +27,8 @@ BAD_ANSWERS: list[tuple[str, dict[str, str]]] = [
     ("package_name", {"package_name": "class"}),
     ("package_name", {"package_name": "1abc"}),
     ("package_name", {"package_name": "my-pkg"}),
+    ("package_name", {"package_name": "jwt"}),
+    ("use_auth", {"use_auth": "yes", "use_http_client": "no"}),
 ]
 
 
@@ -106,8 +108,12 @@ def test_the_next_steps_cd_by_an_absolute_path_outside_the_working_directory(
     assert result.stdout.splitlines()[0] == f"cd {(tmp_path / 'out' / 'my-service').resolve()}"
 
 
-FLAGS = ["use_postgres", "use_redis", "use_http_client", "use_opentelemetry", "use_rabbitmq"]
-COMBINATIONS = [dict(zip(FLAGS, values, strict=True)) for values in itertools.product([True, False], repeat=len(FLAGS))]
+FLAGS = ["use_postgres", "use_redis", "use_http_client", "use_opentelemetry", "use_rabbitmq", "use_auth"]
+COMBINATIONS = [
+    flags
+    for flags in (dict(zip(FLAGS, values, strict=True)) for values in itertools.product([True, False], repeat=len(FLAGS)))
+    if not (flags["use_auth"] and not flags["use_http_client"])
+]
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,21 @@ from uv import find_uv_bin
 
 from conftest import Baker, ProjectVenv, StepResult, run_step
 
-ALL_ON = {"use_postgres": True, "use_redis": True, "use_http_client": True, "use_opentelemetry": True, "use_rabbitmq": True}
+ALL_ON = {
+    "use_postgres": True,
+    "use_redis": True,
+    "use_http_client": True,
+    "use_opentelemetry": True,
+    "use_rabbitmq": True,
+    "use_auth": True,
+}
 ALL_OFF = {
     "use_postgres": False,
     "use_redis": False,
     "use_http_client": False,
     "use_opentelemetry": False,
     "use_rabbitmq": False,
+    "use_auth": False,
 }
 # An identity and a branch name for git without reading or writing any global configuration.
 GIT = ["git", "-c", "user.name=Template Test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"]

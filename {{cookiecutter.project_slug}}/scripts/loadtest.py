@@ -12,6 +12,10 @@ service's machine, the client competes with the service for CPU.
 {%- if cookiecutter.use_postgres %}
 POST /notes adds rows to the notes table.
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+The example routes need a bearer token: the script sends the one in the environment variable
+LOADTEST_BEARER_TOKEN (with scope notes:write, for POST /notes), kept out of the command line.
+{%- endif %}
 """
 
 import argparse
@@ -19,6 +23,9 @@ import asyncio
 import contextlib
 import itertools
 import math
+{%- if cookiecutter.use_auth %}
+import os
+{%- endif %}
 import sys
 import time
 {%- if cookiecutter.use_redis %}
@@ -98,7 +105,13 @@ async def prepare_routes(client: httpx.AsyncClient) -> list[Route]:
 
 
 def new_client(url: str) -> httpx.AsyncClient:
+{%- if cookiecutter.use_auth %}
+    token = os.environ.get("LOADTEST_BEARER_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=url, timeout=10.0, headers=headers)
+{%- else %}
     return httpx.AsyncClient(base_url=url, timeout=10.0)
+{%- endif %}
 
 
 async def simulate_user(

@@ -58,6 +58,9 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- if cookiecutter.use_auth %}
+from tests.identity_provider import AUDIENCE, IdentityProvider
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
 from tests.otlp import OtlpReceiver, otlp_receiver
 {%- endif %}
@@ -77,7 +80,25 @@ RESOURCES: list[str] = {{ resources | tojson }}
 {%- if cookiecutter.use_opentelemetry %}
 # The tracer provider opens first, so that it closes last.
 {%- endif %}
-LIFESPAN_RESOURCES: list[str] = {{ ((["tracing"] if cookiecutter.use_opentelemetry else []) + resources) | tojson }}
+{%- set lifespan_resources = (["tracing"] if cookiecutter.use_opentelemetry else [])
+    + (["postgres"] if cookiecutter.use_postgres else [])
+    + (["redis"] if cookiecutter.use_redis else [])
+    + (["http_client"] if cookiecutter.use_http_client else [])
+    + (["auth_keys"] if cookiecutter.use_auth else [])
+    + (["rabbitmq"] if cookiecutter.use_rabbitmq else []) %}
+{%- if cookiecutter.use_auth %}
+# The provider's keys are no check of readiness: tokens signed with a key fetched before pass
+# while the provider is down.
+{%- endif %}
+{%- if lifespan_resources %}
+LIFESPAN_RESOURCES: list[str] = [
+{%- for resource in lifespan_resources %}
+    "{{ resource }}",
+{%- endfor %}
+]
+{%- else %}
+LIFESPAN_RESOURCES: list[str] = []
+{%- endif %}
 PROJECT = Path(__file__).resolve().parent.parent
 {%- if cookiecutter.use_postgres %}
 
@@ -205,6 +226,30 @@ def _delete_this_runs_redis_keys() -> Iterator[None]:
     yield
     delete_keys(REDIS_KEY_PREFIX)
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+
+
+# The identity provider the services of the tests trust (tests/identity_provider.py), and the
+# scopes of the token auth_headers() carries: every scope an example route asks for.
+IDENTITY_PROVIDER = IdentityProvider()
+EXAMPLE_SCOPES = ["notes:write"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_identity_provider() -> Iterator[None]:
+    yield
+    IDENTITY_PROVIDER.close()
+{%- endif %}
+
+
+def auth_headers() -> dict[str, str]:
+{%- if cookiecutter.use_auth %}
+    """What a request to an example route carries: a bearer token with every example scope."""
+    return {"Authorization": f"Bearer {IDENTITY_PROVIDER.token(scopes=EXAMPLE_SCOPES)}"}
+{%- else %}
+    """What a request to an example route carries: nothing (the service has no use_auth)."""
+    return {}
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
 
 
@@ -250,6 +295,10 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
             "rabbitmq_url": RABBITMQ_URL,
             "rabbitmq_queue": new_rabbitmq_queue(),
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+            "auth_issuer": IDENTITY_PROVIDER.issuer,
+            "auth_audience": AUDIENCE,
+{%- endif %}
         }
         return Settings(_env_file=None, **(values | overrides))
 
@@ -294,6 +343,10 @@ def service_env(
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+{%- endif %}
+{%- if cookiecutter.use_auth %}
+        "AUTH_ISSUER": IDENTITY_PROVIDER.issuer,
+        "AUTH_AUDIENCE": AUDIENCE,
 {%- endif %}
     }
 
@@ -413,12 +466,13 @@ async def scrape(client: AsyncClient) -> Scrape:
 
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[AsyncClient]:
-    """Run `app`'s real lifespan and talk to it in-process."""
+    """Run `app`'s real lifespan and talk to it in-process, as a client of the example routes."""
     async with (
         LifespanManager(app) as manager,
         AsyncClient(
             transport=ASGITransport(manager.app, raise_app_exceptions=False),
             base_url="http://testserver",
+            headers=auth_headers(),
         ) as client,
     ):
         yield client

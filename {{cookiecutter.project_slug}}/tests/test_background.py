@@ -19,7 +19,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.background import supervise_background
 from {{ cookiecutter.package_name }}.dependencies import Background
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import scrape, serve
+from tests.conftest import auth_headers, scrape, serve
 from tests.processes import finish, json_lines, running, traceback_frames, url, wait_until_ready
 from tests.servers import async_wait_until, wait_until
 
@@ -193,7 +193,9 @@ def test_sigterm_lets_running_tasks_finish_within_the_drain_then_cancels_the_res
         )
         # Draining: the service still serves, and takes work (a request in flight at SIGTERM
         # may have committed what its task works on); the supervisor drains after the last.
-        accepted = httpx.post(url(service_env, "/background/example"), json={"seconds": 0})
+        accepted = httpx.post(
+            url(service_env, "/background/example"), json={"seconds": 0}, headers=auth_headers()
+        )
         wait_until(
             lambda: any(line["event"] == "background.draining" for line in service.log()),
             timeout=10,

@@ -21,6 +21,7 @@ from schemathesis.checks import not_a_server_error
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from tests.conftest import auth_headers
 from tests.servers import free_port, wait_until
 
 # The app's own OpenAPI document: creating an app opens nothing and reads no setting.
@@ -61,7 +62,9 @@ def base_url(settings: Settings) -> Iterator[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 def test_no_request_makes_the_service_fail(case: Case[Any], base_url: str) -> None:
-    case.call_and_validate(base_url=base_url, checks=[not_a_server_error])
+    # As a client of the example routes (with use_auth, a valid token: the handlers get fuzzed,
+    # not only the token check, which tests/test_auth.py fuzzes).
+    case.call_and_validate(base_url=base_url, headers=auth_headers(), checks=[not_a_server_error])
 {%- if cookiecutter.use_postgres %}
 
 

@@ -18,7 +18,7 @@ from structlog.typing import EventDict
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.resources.http_client import open_http_client
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import scrape, serve
+from tests.conftest import auth_headers, scrape, serve
 from tests.processes import running, wait_until_ready
 from tests.servers import (
     MisbehavingUpstream,
@@ -214,7 +214,7 @@ def get_as_written(port: str, path: str) -> tuple[int, bytes]:
     """GET `path` exactly as written: httpx would resolve the dot segments of `a/../..` first."""
     connection = http.client.HTTPConnection("127.0.0.1", int(port))
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=auth_headers())
         response = connection.getresponse()
         return response.status, response.read()
     finally:

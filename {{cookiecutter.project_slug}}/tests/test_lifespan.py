@@ -75,6 +75,9 @@ async def test_opens_in_order_and_closes_in_reverse(
 {%- if cookiecutter.use_opentelemetry %}
         expected_state.add("tracer_provider")
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+        expected_state.add("auth_keys")
+{%- endif %}
         assert set(state) == expected_state
         assert resources_logged(events, "resource.opened") == LIFESPAN_RESOURCES
         assert resources_logged(events, "resource.closed") == []
@@ -94,6 +97,9 @@ async def test_opens_in_order_and_closes_in_reverse(
         "rabbitmq": {"host", "port", "vhost", "queue"},
 {%- endif %}
         "tracing": {"service_name", "sampler"},
+{%- if cookiecutter.use_auth %}
+        "auth_keys": {"issuer", "jwks_url", "keys"},
+{%- endif %}
     }
     for resource, event in opened.items():
         assert expected_targets[resource] <= set(event)

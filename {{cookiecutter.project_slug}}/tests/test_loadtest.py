@@ -3,6 +3,9 @@ against a service that answers the wrong status; and the arithmetic of its repor
 
 import importlib.util
 import json
+{%- if cookiecutter.use_auth %}
+import os
+{%- endif %}
 import re
 import subprocess
 import sys
@@ -10,6 +13,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 
+{% if cookiecutter.use_auth -%}
+from tests.conftest import auth_headers
+{% endif -%}
 from tests.processes import running, wait_until_ready
 from tests.servers import free_port, http_server
 
@@ -47,9 +53,20 @@ def load_script() -> ModuleType:
 
 def load(url: str, seconds: float) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(SCRIPT), "--url", url, "--concurrency", "4"]
+{%- if cookiecutter.use_auth %}
+    token = auth_headers()["Authorization"].removeprefix("Bearer ")
+    return subprocess.run(
+        [*command, "--duration", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"LOADTEST_BEARER_TOKEN": token},
+    )
+{%- else %}
     return subprocess.run(
         [*command, "--duration", str(seconds)], capture_output=True, text=True, timeout=60
     )
+{%- endif %}
 
 
 def report_rows(stdout: str) -> dict[str, re.Match[str]]:

@@ -17,7 +17,13 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import DbSession
 from {{ cookiecutter.package_name }}.models import Note
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import LIFESPAN_RESOURCES, assert_answered_unavailable, migrate, serve
+from tests.conftest import (
+    LIFESPAN_RESOURCES,
+    assert_answered_unavailable,
+    auth_headers,
+    migrate,
+    serve,
+)
 from tests.processes import (
     closing_events,
     finish,
@@ -189,7 +195,9 @@ def test_requests_cut_off_inside_connect_log_no_password(
             proxy.go_silent()
             connecting = proxy.connections + 3
             for _ in range(4):  # one on the pooled connection, three opening new ones
-                pool.submit(httpx.get, url(service_env, "/notes/1"), timeout=30)
+                pool.submit(
+                    httpx.get, url(service_env, "/notes/1"), headers=auth_headers(), timeout=30
+                )
             wait_until(
                 lambda: proxy.connections >= connecting,
                 timeout=10,

@@ -26,7 +26,7 @@ from {{ cookiecutter.package_name }} import messages
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import RabbitMQClient
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import RABBITMQ_URL, Scrape, scrape, serve
+from tests.conftest import RABBITMQ_URL, Scrape, auth_headers, scrape, serve
 from tests.processes import finish, json_lines, running, url, wait_until_ready
 {%- if cookiecutter.use_redis %}
 from tests.servers import PrivateRedis, async_wait_until, private_redis, wait_until
@@ -287,7 +287,9 @@ def test_sigterm_with_messages_in_flight_exits_0_and_loses_none(
         wait_until_ready(service, service_env["PORT"])
         # Handlers that wait until they are cancelled: in flight when SIGTERM comes.
         ids = [
-            httpx.post(url(service_env, "/messages"), json={"text": "wait"}).json()["message_id"]
+            httpx.post(
+                url(service_env, "/messages"), json={"text": "wait"}, headers=auth_headers()
+            ).json()["message_id"]
             for _ in range(3)
         ]
 

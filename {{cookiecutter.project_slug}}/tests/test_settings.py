@@ -34,6 +34,13 @@ REQUIRED: dict[str, str] = {
 {%- else -%}
 REQUIRED: dict[str, str] = {}
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+# Required too: the identity provider, whose keys only the lifespan fetches.
+AUTH_REQUIRED = {
+    "AUTH_ISSUER": "https://idp.example.com/realms/main",
+    "AUTH_AUDIENCE": "{{ cookiecutter.project_slug }}",
+}
+{%- endif %}
 
 
 @pytest.fixture
@@ -42,6 +49,10 @@ def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.Mon
     monkeypatch.chdir(str(tmp_path))
     for name, value in REQUIRED.items():
         monkeypatch.setenv(name, value)
+{%- if cookiecutter.use_auth %}
+    for name, value in AUTH_REQUIRED.items():
+        monkeypatch.setenv(name, value)
+{%- endif %}
     return monkeypatch
 
 
@@ -85,6 +96,15 @@ def test_the_environment_is_read(environment: pytest.MonkeyPatch) -> None:
 {%- if cookiecutter.use_rabbitmq %}
         ("RABBITMQ_URL", "amqp://app:s3cret@host:port/"),
         ("RABBITMQ_MAX_DELIVERIES", "0"),
+{%- endif %}
+{%- if cookiecutter.use_auth %}
+        ("AUTH_ISSUER", "http://idp.example.com/realms/main"),  # keys over plain HTTP
+        ("AUTH_ISSUER", "idp.example.com"),
+        ("AUTH_JWKS_URL", "ftp://idp.example.com/keys"),
+        ("AUTH_ALGORITHMS", "RS256,HS256"),
+        ("AUTH_ALGORITHMS", "none"),
+        ("AUTH_ALGORITHMS", ""),
+        ("AUTH_MAX_TOKEN_BYTES", "10"),
 {%- endif %}
     ],
 )

@@ -23,7 +23,7 @@ from structlog.typing import EventDict
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import AppTracer
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.conftest import serve
+from tests.conftest import auth_headers, serve
 from tests.otlp import OtlpReceiver, Span, children_of, otlp_receiver
 from tests.processes import finish, json_lines, running, url, wait_until_ready
 {%- if cookiecutter.use_rabbitmq %}
@@ -271,7 +271,10 @@ def test_the_last_requests_spans_arrive_after_sigterm_and_their_log_lines_carry_
     # No export on a schedule while the test runs: only the flush at shutdown can send them.
     service_env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
     service_env["PROBE_LOG_LEVEL"] = "INFO"  # for the request line of /health/live
-    with running("python -m", service_env, tmp_path) as service, httpx.Client() as client:
+    with (
+        running("python -m", service_env, tmp_path) as service,
+        httpx.Client(headers=auth_headers()) as client,
+    ):
         wait_until_ready(service, service_env["PORT"])
         responses = [
             client.request(route.method, url(service_env, route.path), json=route.body)

@@ -11,9 +11,14 @@ from fastapi.responses import JSONResponse
     + (["messages"] if cookiecutter.use_rabbitmq else [])
     + ["metrics"]
     + (["notes"] if cookiecutter.use_postgres else [])
+    + (["principal"] if cookiecutter.use_auth else [])
     + (["upstream"] if cookiecutter.use_http_client else []) %}
 
-from {{ cookiecutter.package_name }}.api import {{ routers | join(", ") }}
+from {{ cookiecutter.package_name }}.api import (
+{%- for router in routers %}
+    {{ router }},
+{%- endfor %}
+)
 from {{ cookiecutter.package_name }}.lifespan import lifespan
 from {{ cookiecutter.package_name }}.metrics import request_metrics
 from {{ cookiecutter.package_name }}.middleware import RequestContextMiddleware
@@ -94,6 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(messages.router)
 {%- endif %}
     app.include_router(background.router)
+{%- if cookiecutter.use_auth %}
+    app.include_router(principal.router)
+{%- endif %}
     if settings.metrics_enabled:
         # The last router: each is a routing layer of its own, which every request to a route
         # after it pays for; a scrape every few seconds can pay that instead.

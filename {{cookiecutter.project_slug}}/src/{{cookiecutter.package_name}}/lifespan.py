@@ -37,6 +37,9 @@ from {{ cookiecutter.package_name }}.messages import IdempotentHandler, {{ "Redi
 {%- endif %}
 from {{ cookiecutter.package_name }}.metrics import expose_metrics
 from {{ cookiecutter.package_name }}.readiness import SharedChecks, shared_checks
+{% if cookiecutter.use_auth -%}
+from {{ cookiecutter.package_name }}.resources.auth_keys import AuthKeys, open_auth_keys
+{% endif -%}
 {% if cookiecutter.use_http_client -%}
 from {{ cookiecutter.package_name }}.resources.http_client import (
     connection_counts as http_client_connections,
@@ -106,6 +109,9 @@ class State(TypedDict):
 {%- if cookiecutter.use_rabbitmq %}
     rabbitmq: RabbitMQ
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+    auth_keys: AuthKeys
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
     tracer_provider: TracerProvider
 {%- endif %}
@@ -160,6 +166,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_http_client %}
         http_client = await stack.enter_async_context(open_http_client(settings, deadline))
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+        auth_keys = await stack.enter_async_context(open_auth_keys(settings, http_client, deadline))
+{%- endif %}
 {%- if cookiecutter.use_rabbitmq %}
         rabbitmq = await stack.enter_async_context(open_rabbitmq(settings, deadline))
 {%- endif %}
@@ -203,6 +212,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- endif %}
 {%- if cookiecutter.use_rabbitmq %}
             "rabbitmq": rabbitmq,
+{%- endif %}
+{%- if cookiecutter.use_auth %}
+            "auth_keys": auth_keys,
 {%- endif %}
             "metrics": metrics,
             # After the resources, so that it exits before them: the tasks still running use

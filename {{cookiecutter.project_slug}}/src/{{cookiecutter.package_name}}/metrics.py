@@ -137,6 +137,27 @@ MESSAGES_IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 {%- endif %}
+{%- if cookiecutter.use_auth %}
+
+AUTH_VERIFICATIONS = Counter(
+    "auth_verifications",
+    "Bearer tokens checked, by outcome (ok, missing, malformed, too_large, bad_algorithm,"
+    " unknown_key, bad_signature, expired, not_yet_valid, wrong_audience, wrong_issuer,"
+    " missing_claim, invalid).",
+    ["outcome"],
+)
+AUTH_KEY_REFRESHES = Counter(
+    "auth_key_refreshes",
+    "Fetches of the identity provider's keys, by outcome (ok, failed).",
+    ["outcome"],
+)
+AUTH_KEYS_FETCHED = Gauge(
+    "auth_keys_fetched_timestamp_seconds",
+    "When the keys in use were fetched (Unix time; the oldest of all workers): their age is"
+    " time() minus this.",
+    multiprocess_mode="livemin",
+)
+{%- endif %}
 
 
 class ConnectionCounts(NamedTuple):

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -20,6 +21,8 @@ _RAW_REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _INTERNAL_ERROR_BODY = b'{"detail":"Internal Server Error"}'
+# The scope's key for the tokens of what bind_request_log_fields bound.
+_BOUND_FIELDS = "log_fields_bound"
 
 # Requests of probes and scrapes are logged at PROBE_LOG_LEVEL rather than INFO.
 _PROBE_PATH_PREFIX = "/health/"
@@ -37,6 +40,14 @@ class RequestBodyTooLarge(HTTPException):
         # The rest of the body is never read: closing the connection spares the server from
         # receiving it only to throw it away.
         super().__init__(413, _too_large_detail(limit), headers={"Connection": "close"})
+
+
+def bind_request_log_fields(scope: Scope, **fields: Any) -> None:
+    """Add `fields` to every log line of the rest of this request, its `http.request` line
+    included; they are unbound when the request ends (a connection's next request is served
+    by the same task, and must not inherit them)."""
+    tokens = structlog.contextvars.bind_contextvars(**fields)
+    scope.setdefault(_BOUND_FIELDS, []).append(tokens)
 
 
 def _too_large_detail(limit: int) -> str:
@@ -161,6 +172,8 @@ class RequestContextMiddleware:
                 status=status_code,
                 duration_ms=round(seconds * 1000, 2),  # as timing.elapsed_ms gives it
             )
+            for bound in reversed(scope.get(_BOUND_FIELDS, ())):
+                structlog.contextvars.reset_contextvars(**bound)
             structlog.contextvars.reset_contextvars(**tokens)
 
     async def _refuse_too_large(self, send: Send) -> None:

@@ -3,7 +3,7 @@
 
 from ipaddress import ip_network
 from typing import {{ typing_names | join(", ") }}
-{%- if cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
+{%- if cookiecutter.use_redis or cookiecutter.use_rabbitmq or cookiecutter.use_auth %}
 from urllib.parse import urlsplit
 {%- endif %}
 {%- set secret_urls = cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_rabbitmq %}
@@ -20,7 +20,11 @@ from pydantic import (
     {{ name }},
 {%- endfor %}
 )
+{%- if cookiecutter.use_auth %}
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+{%- else %}
 from pydantic_settings import BaseSettings, SettingsConfigDict
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -43,6 +47,38 @@ def _are_addresses(value: str) -> str:
 
 
 AddressList = Annotated[str, AfterValidator(_are_addresses)]
+{%- if cookiecutter.use_auth %}
+
+# What a token may be signed with: asymmetric algorithms only (never `none`, never an HMAC).
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def _are_asymmetric_algorithms(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    algorithms = frozenset(filter(None, (part.strip() for part in value.split(","))))
+    if not algorithms or not algorithms <= ASYMMETRIC_ALGORITHMS:
+        raise ValueError(
+            "a comma-separated list of asymmetric JWS algorithms, of "
+            + ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+        )
+    return algorithms
+
+
+def https_or_loopback(value: str) -> str:
+    """The provider's keys decide who gets in: they come over TLS, but from this host."""
+    parts = urlsplit(value)
+    loopback = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ValueError("an https:// URL (http:// only for localhost)")
+    return value
+
+
+ProviderUrl = Annotated[str, AfterValidator(https_or_loopback)]
+AlgorithmSet = Annotated[frozenset[str], NoDecode, BeforeValidator(_are_asymmetric_algorithms)]
+{%- endif %}
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
@@ -230,6 +266,28 @@ class Settings(BaseSettings):
     # At shutdown, how long the messages being handled may take to finish before they are
     # cancelled (and, unacknowledged, delivered again to the next consumer).
     rabbitmq_drain_seconds: float = Field(default=5.0, ge=0)
+{%- endif %}
+{%- if cookiecutter.use_auth %}
+
+    # The identity provider, exactly as its tokens' `iss` claim names it; its keys are found
+    # through its /.well-known/openid-configuration, unless AUTH_JWKS_URL names them.
+    auth_issuer: ProviderUrl
+    # What a token's `aud` must contain: this service's name at the provider.
+    auth_audience: str = Field(min_length=1)
+    auth_jwks_url: ProviderUrl | None = None
+    auth_algorithms: AlgorithmSet = ASYMMETRIC_ALGORITHMS
+    # Seconds of clock difference allowed around `exp`, `nbf` and `iat`.
+    auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # The keys are fetched again this often, and for a token whose key id is unknown, but not
+    # more often than AUTH_KEYS_MIN_REFRESH_SECONDS (a flood of made-up key ids).
+    auth_keys_refresh_seconds: Seconds = 900.0
+    auth_keys_min_refresh_seconds: float = Field(default=30.0, ge=0)
+    # One fetch of the keys (discovery included) that takes longer has failed.
+    auth_keys_fetch_timeout: Seconds = 5.0
+    # A discovery document or key set larger than this is refused (they are a few kB).
+    auth_keys_max_bytes: int = Field(default=256 * 1024, ge=1024)
+    # A longer bearer token is refused before it is parsed (real ones are 1 to 4 kB).
+    auth_max_token_bytes: int = Field(default=8192, ge=512)
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 

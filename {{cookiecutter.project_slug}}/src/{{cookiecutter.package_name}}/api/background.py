@@ -5,12 +5,22 @@ import asyncio
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
+{% if cookiecutter.use_auth -%}
+from {{ cookiecutter.package_name }}.auth import require_token
+{% endif -%}
 from {{ cookiecutter.package_name }}.background import BackgroundRefusedError
 from {{ cookiecutter.package_name }}.dependencies import Background
 
+{% if cookiecutter.use_auth -%}
+# Every route here needs a valid bearer token (auth.py).
+router = APIRouter(prefix="/background", tags=["background"], dependencies=[require_token()])
+
+
+{% else -%}
 router = APIRouter(prefix="/background", tags=["background"])
 
 
+{% endif -%}
 class Job(BaseModel):
     # How long the stand-in work takes; capped, so that no caller can hold a task's slot long.
     seconds: float = Field(default=1.0, ge=0, le=10)

@@ -3,10 +3,19 @@
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
+{% if cookiecutter.use_auth -%}
+from {{ cookiecutter.package_name }}.auth import require_token
+{% endif -%}
 from {{ cookiecutter.package_name }}.dependencies import AppSettings, RedisClient
 
+{% if cookiecutter.use_auth -%}
+# Every route here needs a valid bearer token (auth.py).
+router = APIRouter(prefix="/cache", tags=["cache"], dependencies=[require_token()])
+
+{% else -%}
 router = APIRouter(prefix="/cache", tags=["cache"])
 
+{% endif -%}
 # Under REDIS_KEY_PREFIX: the namespace of these routes' keys.
 KEY_PREFIX = "cache:"
 

@@ -5,12 +5,22 @@ import uuid
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
+{% if cookiecutter.use_auth -%}
+from {{ cookiecutter.package_name }}.auth import require_token
+{% endif -%}
 from {{ cookiecutter.package_name }}.dependencies import RabbitMQClient
 from {{ cookiecutter.package_name }}.resources.rabbitmq import PublishError, unavailable
 
+{% if cookiecutter.use_auth -%}
+# Every route here needs a valid bearer token (auth.py).
+router = APIRouter(prefix="/messages", tags=["messages"], dependencies=[require_token()])
+
+
+{% else -%}
 router = APIRouter(prefix="/messages", tags=["messages"])
 
 
+{% endif -%}
 class NewMessage(BaseModel):
     text: str = Field(max_length=10_000)
     # A client that retries a publish sends the same id: the consumer handles it once.

@@ -6,11 +6,20 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
+{% if cookiecutter.use_auth -%}
+from {{ cookiecutter.package_name }}.auth import require_token
+{% endif -%}
 from {{ cookiecutter.package_name }}.dependencies import DbSession
 from {{ cookiecutter.package_name }}.models import Note
 
+{% if cookiecutter.use_auth -%}
+# Every route here needs a valid bearer token (auth.py).
+router = APIRouter(prefix="/notes", tags=["notes"], dependencies=[require_token()])
+
+{% else -%}
 router = APIRouter(prefix="/notes", tags=["notes"])
 
+{% endif -%}
 # The id column is a PostgreSQL integer: a larger number could never be found, and the driver
 # would fail on it rather than the lookup.
 NoteId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -29,7 +38,11 @@ class NoteOut(BaseModel):
     created_at: datetime
 
 
+{% if cookiecutter.use_auth -%}
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[require_token("notes:write")])
+{% else -%}
 @router.post("", status_code=status.HTTP_201_CREATED)
+{% endif -%}
 async def create_note(body: NoteIn, session: DbSession) -> NoteOut:
     note = Note(text=body.text)
     session.add(note)

@@ -8,10 +8,19 @@ import httpx
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 
+{% if cookiecutter.use_auth -%}
+from {{ cookiecutter.package_name }}.auth import require_token
+{% endif -%}
 from {{ cookiecutter.package_name }}.dependencies import AppSettings, HttpClient
 
+{% if cookiecutter.use_auth -%}
+# Every route here needs a valid bearer token (auth.py).
+router = APIRouter(prefix="/upstream", tags=["upstream"], dependencies=[require_token()])
+
+{% else -%}
 router = APIRouter(prefix="/upstream", tags=["upstream"])
 
+{% endif -%}
 # What the example returns of the upstream's body; the rest is never read.
 REPLY_CHARACTERS = 1000
 # Enough bytes for that many characters in any charset below (UTF-32 takes four a character).
