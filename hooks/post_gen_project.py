@@ -54,6 +54,7 @@ FILES_BY_RESOURCE = {
         PACKAGE / "messages.py",
         Path("tests") / "test_rabbitmq.py",
         Path("tests") / "test_rabbitmq_silent.py",
+        Path("tests") / "test_rabbitmq_outage.py",
     ],
     "auth": [
         PACKAGE / "auth.py",

@@ -116,6 +116,7 @@ RESOURCES: dict[str, Resource] = {
             "src/{package}/messages.py",
             "tests/test_rabbitmq.py",
             "tests/test_rabbitmq_silent.py",
+            "tests/test_rabbitmq_outage.py",
         ),
         dependencies=("aio-pika",),
         modules=("aio_pika",),

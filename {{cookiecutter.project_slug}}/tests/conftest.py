@@ -2,6 +2,10 @@
 
 DATABASE_URL (an admin URL: the run creates its own database and drops it) and REDIS_URL come
 from the environment and default to the local servers.
+{%- if cookiecutter.use_rabbitmq %}
+So do RABBITMQ_URL and RABBITMQ_MANAGEMENT_URL: the run makes a vhost of its own on that broker,
+through its management API, and deletes it at the end.
+{%- endif %}
 """
 
 {% if cookiecutter.use_postgres or cookiecutter.use_http_client or cookiecutter.use_rabbitmq -%}
@@ -22,6 +26,9 @@ from pathlib import Path
 from typing import Any, cast
 {% else -%}
 from typing import Any
+{% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+from urllib.parse import quote, unquote, urlsplit
 {% endif %}
 {% if cookiecutter.use_rabbitmq -%}
 import aio_pika
@@ -29,6 +36,9 @@ import aio_pika
 import anyio.to_thread
 {% if cookiecutter.use_postgres -%}
 import asyncpg
+{% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+import httpx
 {% endif -%}
 import pytest
 {% if cookiecutter.use_redis -%}
@@ -111,18 +121,65 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_KEY_PREFIX = f"test-{uuid.uuid4().hex[:12]}:"
 {%- endif %}
 {%- if cookiecutter.use_rabbitmq %}
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-# Every test gets queues and exchanges of its own in the broker's default vhost, named under
-# this run's prefix (the same way on a developer's broker and in CI's service container, where
-# no rabbitmqctl is at hand to make a vhost); the end of the run deletes them.
-RABBITMQ_PREFIX = f"test-{uuid.uuid4().hex[:12]}"
-# The queues of the test running now, deleted when it ends: a quorum queue holds file handles
-# on the broker (a few hundred left behind exhausted a broker's default limit of 1024).
+# The broker of the tests, and its management HTTP API, through which each test run makes a
+# vhost of its own, as RABBITMQ_URL's user (an administrator: guest is one), and deletes it at
+# the end with everything in it: the same way on a developer's broker and in CI's service
+# container, where no rabbitmqctl is at hand. A vhost in RABBITMQ_URL is not used.
+RABBITMQ_SERVER_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQ_MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+# This run's vhost (each pytest-xdist worker's: each is a run), and the URL of it.
+RABBITMQ_VHOST = f"test-{uuid.uuid4().hex[:12]}"
+RABBITMQ_URL = urlsplit(RABBITMQ_SERVER_URL)._replace(path=f"/{RABBITMQ_VHOST}").geturl()
+# The queues of the test running now, deleted when it ends, not only with the vhost: a quorum
+# queue holds file handles on the broker (a few hundred left until the end of a run exhausted
+# a broker's default limit of 1024).
 RABBITMQ_QUEUES: list[str] = []
 
 
+def rabbitmq_management(method: str, path: str, **kwargs: Any) -> None:
+    """A request to the management API as RABBITMQ_URL's user; where it fails, the tests that
+    need the broker fail, saying why. (Not pytest.exit: pytest-xdist's workers cannot.)"""
+    server = urlsplit(RABBITMQ_SERVER_URL)
+    user = unquote(server.username or "guest")
+    auth = (user, unquote(server.password or "guest"))
+    url = f"{RABBITMQ_MANAGEMENT_URL.rstrip('/')}{path}"
+    try:
+        # Straight to the broker, as the AMQP connections go: no HTTP_PROXY.
+        response = httpx.request(method, url, auth=auth, timeout=10, trust_env=False, **kwargs)
+    except httpx.HTTPError as exc:
+        pytest.fail(
+            f"RabbitMQ's management API does not answer at {RABBITMQ_MANAGEMENT_URL}"
+            f" ({type(exc).__name__}: {exc}): the tests make a vhost of their own through it."
+            " Enable it on the broker (`rabbitmq-plugins enable rabbitmq_management`, or the"
+            " rabbitmq:3-management image), or set RABBITMQ_MANAGEMENT_URL.",
+            pytrace=False,
+        )
+    if response.is_error:
+        pytest.fail(
+            f"RabbitMQ's management API answered {method} {path} with {response.status_code}"
+            f" {response.text[:200]!r}: the tests log in to it as RABBITMQ_URL's user"
+            f" ({user!r}), who must be an administrator to make a vhost.",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """RABBITMQ_URL: this run's vhost, made now, with every permission for its user; deleted
+    at the end, with whatever the tests left in it."""
+    vhost = quote(RABBITMQ_VHOST, safe="")
+    user = quote(unquote(urlsplit(RABBITMQ_SERVER_URL).username or "guest"), safe="")
+    rabbitmq_management("PUT", f"/api/vhosts/{vhost}", json={"description": "a test run's"})
+    try:
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        rabbitmq_management("PUT", f"/api/permissions/{vhost}/{user}", json=everything)
+        yield RABBITMQ_URL
+    finally:
+        rabbitmq_management("DELETE", f"/api/vhosts/{vhost}")
+
+
 def new_rabbitmq_queue() -> str:
-    queue = f"{RABBITMQ_PREFIX}.{uuid.uuid4().hex[:8]}"
+    queue = f"{RABBITMQ_VHOST}.{uuid.uuid4().hex[:8]}"
     RABBITMQ_QUEUES.append(queue)
     return queue
 
@@ -274,8 +331,15 @@ def upstream_url() -> Iterator[str]:
 
 @pytest.fixture
 {%- set servers = (["database_url: str"] if cookiecutter.use_postgres else [])
-    + (["upstream_url: str"] if cookiecutter.use_http_client else []) %}
+    + (["upstream_url: str"] if cookiecutter.use_http_client else [])
+    + (["rabbitmq_url: str"] if cookiecutter.use_rabbitmq else []) %}
+{%- if servers | join(", ") | length <= 53 %}
 def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
+{%- else %}
+def make_settings(
+    {{ servers | join(", ") }}
+) -> Callable[..., Settings]:
+{%- endif %}
     """Settings pointing at the test servers; keyword arguments override single fields."""
 
     def make(**overrides: Any) -> Settings:
@@ -292,7 +356,7 @@ def make_settings({{ servers | join(", ") }}) -> Callable[..., Settings]:
             "http_client_base_url": upstream_url,
 {%- endif %}
 {%- if cookiecutter.use_rabbitmq %}
-            "rabbitmq_url": RABBITMQ_URL,
+            "rabbitmq_url": rabbitmq_url,
             "rabbitmq_queue": new_rabbitmq_queue(),
 {%- endif %}
 {%- if cookiecutter.use_auth %}
@@ -313,6 +377,9 @@ def service_env(
 {%- endif %}
 {%- if cookiecutter.use_http_client %}
     upstream_url: str,
+{%- endif %}
+{%- if cookiecutter.use_rabbitmq %}
+    rabbitmq_url: str,
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
     collector: OtlpReceiver,
@@ -338,7 +405,7 @@ def service_env(
         "HTTP_CLIENT_BASE_URL": upstream_url,
 {%- endif %}
 {%- if cookiecutter.use_rabbitmq %}
-        "RABBITMQ_URL": RABBITMQ_URL,
+        "RABBITMQ_URL": rabbitmq_url,
         "RABBITMQ_QUEUE": new_rabbitmq_queue(),
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -622,14 +623,17 @@ def misbehaving_upstream() -> Iterator[MisbehavingUpstream]:
 # proxy closes. (A name, not a tuple in the except clause: ruff formats that differently for
 # Python 3.14, which drops the parentheses, than for the older targets.)
 CONNECTION_ENDED = (OSError, asyncio.CancelledError)
+# SO_LINGER on, for 0 seconds (struct linger).
+_LINGER_0 = struct.pack("ii", 1, 0)
 
 
 class TcpProxy:
     """A TCP proxy in front of a real server that can go silent, as a network partition, a
     frozen VM or a dropped conntrack entry do: it stops forwarding bytes either way but closes
-    nothing, and takes new connections without ever answering them. Then it can heal. It runs
-    its own event loop in a thread, so that it serves an app in the test's loop and a service
-    in another process alike."""
+    nothing, and takes new connections without ever answering them. Then it can heal. It can
+    also cut every connection it carries, as a server's restart or a load balancer does. It
+    runs its own event loop in a thread, so that it serves an app in the test's loop and a
+    service in another process alike."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self._target = (target_host, target_port)
@@ -643,6 +647,8 @@ class TcpProxy:
         self.port: int = self._server.sockets[0].getsockname()[1]
         # Connections opened through the proxy so far: a client that replaced one shows here.
         self.connections = 0
+        # The connections it carries now: the client's side and the server's side of each.
+        self._carried: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
     def _call(self, make: Callable[[], Any]) -> Any:
         async def run() -> Any:
@@ -663,6 +669,22 @@ class TcpProxy:
     def heal(self) -> None:
         self._call(self._flowing.set)
 
+    def cut(self) -> None:
+        """Reset every connection it carries, both sides at once (the client and the server
+        each see theirs reset); it goes on taking new connections."""
+
+        def reset() -> None:
+            for pair in self._carried:
+                for writer in pair:
+                    # A linger of 0: closing sends a reset (RST), not an orderly FIN.
+                    sock = writer.get_extra_info("socket")
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+                    writer.transport.abort()
+            self._carried.clear()
+
+        self._call(reset)
+
     async def _connect(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
     ) -> None:
@@ -673,7 +695,14 @@ class TcpProxy:
         except CONNECTION_ENDED:
             client_out.close()
             return
-        await asyncio.gather(self._pipe(client_in, server_out), self._pipe(server_in, client_out))
+        pair = (client_out, server_out)
+        self._carried.add(pair)
+        try:
+            await asyncio.gather(
+                self._pipe(client_in, server_out), self._pipe(server_in, client_out)
+            )
+        finally:
+            self._carried.discard(pair)
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:

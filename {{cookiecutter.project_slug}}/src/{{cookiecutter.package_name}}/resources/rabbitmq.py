@@ -193,6 +193,11 @@ class RabbitMQ:
         """A round trip on the connection: opening a channel and closing it again."""
         if self.connection is None or self.connection.is_closed:
             raise ConnectionError("not connected")
+        # Publishes would fail at once while the publishing channel is closed: after a
+        # reconnection the connection is back (and the consumer, maybe) a moment before it is.
+        publishing = cast(aio_pika.Exchange | None, self._exchange)
+        if publishing is None or publishing.channel.is_closed:
+            raise ConnectionError("publishing channel closed")
         channel = await self.connection.channel(publisher_confirms=False)
         await channel.close()
         if self.consumer is not None and not await self.consumer.consuming():
