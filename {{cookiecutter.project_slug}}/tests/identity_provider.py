@@ -10,6 +10,7 @@ provider of `.env.example`) and prints a token for it, valid for a day. Its key 
 at each start: restart the service after it. A stand-in for a provider, never a provider.
 """
 
+import gzip
 import itertools
 import json
 import threading
@@ -59,6 +60,11 @@ class IdentityProvider:
         self.published = [self.key]
         self.jwks_fetches = 0
         self.down = False  # then every request is answered 503
+        # What tests of a misbehaving provider change: the discovery document's jwks_uri,
+        # entries of the key set besides the keys, a compressed key set.
+        self.jwks_uri: str | None = None
+        self.extra_entries: list[Any] = []
+        self.gzip = False
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.issuer = f"http://127.0.0.1:{self._server.server_address[1]}/realms/test"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -112,17 +118,23 @@ class IdentityProvider:
                 if provider.down:
                     self._answer(503, {"error": "down"})
                 elif path == "/.well-known/openid-configuration":
-                    jwks_uri = provider.issuer + "/jwks"
+                    jwks_uri = provider.jwks_uri or provider.issuer + "/jwks"
                     self._answer(200, {"issuer": provider.issuer, "jwks_uri": jwks_uri})
-                elif path == "/jwks":
+                elif path.partition("?")[0] == "/jwks":
                     provider.jwks_fetches += 1
-                    self._answer(200, {"keys": [key.jwk() for key in provider.published]})
+                    keys = [key.jwk() for key in provider.published] + provider.extra_entries
+                    self._answer(200, {"keys": keys}, compress=provider.gzip)
                 else:
                     self._answer(404, {"error": "not found"})
 
-            def _answer(self, status: int, document: dict[str, Any]) -> None:
+            def _answer(
+                self, status: int, document: dict[str, Any], *, compress: bool = False
+            ) -> None:
                 body = json.dumps(document).encode()
                 self.send_response(status)
+                if compress:
+                    body = gzip.compress(body)
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -8,8 +8,11 @@ import base64
 import hashlib
 import hmac
 import json
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,12 +26,13 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.auth import InvalidTokenError, Principal, require_token, verify
-from {{ cookiecutter.package_name }}.resources.auth_keys import AuthKeys
+from {{ cookiecutter.package_name }}.resources.auth_keys import AuthKeys, KeysUnavailableError
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import scrape, serve
 from tests.identity_provider import AUDIENCE, IdentityProvider, SigningKey, identity_provider
-from tests.servers import async_wait_until, free_port
+from tests.processes import finish, running, wait_until_ready
+from tests.servers import async_wait_until, free_port, wait_until
 
 
 @pytest.fixture
@@ -122,6 +126,8 @@ def bad_tokens(provider: IdentityProvider) -> dict[str, tuple[str, str]]:
             "malformed",
         ),
         "100 kB": ("e" * 100_000, "too_large"),
+        "empty subject": (provider.token(subject=""), "missing_claim"),
+        "exp a numeric string": (provider.token(exp=str(now + 300)), "malformed"),
     }
 
 
@@ -144,6 +150,8 @@ KINDS = [
     "garbage",
     "no key id",
     "100 kB",
+    "empty subject",
+    "exp a numeric string",
 ]
 
 
@@ -190,6 +198,20 @@ async def test_entra_ids_scp_claim_is_read_too(
 
     assert as_string.json()["scopes"] == ["a", "b"]
     assert as_list.json()["scopes"] == ["c"]
+
+
+async def test_scopes_are_separated_by_spaces_only(
+    provider: IdentityProvider, auth_settings: Callable[..., Settings]
+) -> None:
+    # RFC 6749, 3.3: a no-break space or a tab is part of a scope, not between two.
+    async with serve(app_with_test_routes(auth_settings())) as client:
+        response = await get_me(client, provider.token(scopes=["x\u00a0test:scope\ty"]))
+        scoped = await client.get(
+            "/test/scoped", headers=bearer(provider.token(scopes=["x\u00a0test:scope"]))
+        )
+
+    assert response.json()["scopes"] == ["x\u00a0test:scope\ty"]
+    assert scoped.status_code == 403
 
 
 async def test_no_token_is_a_401_with_the_bare_challenge(
@@ -367,18 +389,98 @@ async def test_a_discovery_document_of_another_issuer_stops_startup(
             pass
 
 
+async def fetch_keys(settings: Settings) -> AuthKeys:
+    async with httpx.AsyncClient() as http_client:
+        keys = AuthKeys(settings, http_client)
+        await keys.refresh("test")
+        return keys
+
+
+async def test_a_discovered_key_set_over_plain_http_from_afar_is_refused(
+    provider: IdentityProvider, auth_settings: Callable[..., Settings]
+) -> None:
+    provider.jwks_uri = "http://idp.example.com/jwks"  # never fetched: refused before
+    with pytest.raises(KeysUnavailableError, match="jwks_uri: an https:// URL"):
+        await fetch_keys(auth_settings())
+    assert provider.jwks_fetches == 0
+
+
+async def test_a_compressed_key_set_is_refused_before_it_is_inflated(
+    provider: IdentityProvider, auth_settings: Callable[..., Settings]
+) -> None:
+    # Inflated in memory before its size could be counted, 200 kB of gzip are 200 MB.
+    provider.gzip = True
+    with pytest.raises(KeysUnavailableError, match="a compressed answer"):
+        await fetch_keys(auth_settings())
+
+
+async def test_malformed_entries_of_the_key_set_are_left_out(
+    provider: IdentityProvider, auth_settings: Callable[..., Settings]
+) -> None:
+    provider.extra_entries = [
+        {"kty": {"not": "a string"}, "kid": "a"},
+        {"kty": "EC", "crv": ["P-256"], "kid": "b"},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "c"},  # symmetric: never taken
+        {"kty": "RSA", "kid": "d", "n": "AQAB", "e": 1},
+        "not an object",
+    ]
+    keys = await fetch_keys(auth_settings())
+
+    assert len(keys) == 1
+
+
+async def test_a_key_set_url_is_logged_without_its_query(
+    provider: IdentityProvider, make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    jwks_url = provider.issuer + "/jwks?api_key=s3cret-key"
+    async with serve(create_app(make_settings(auth_jwks_url=jwks_url))):
+        pass
+    provider.down = True
+    with pytest.raises(KeysUnavailableError):
+        await fetch_keys(make_settings(auth_jwks_url=jwks_url))
+
+    assert "s3cret-key" not in json.dumps([str(e) for e in events])
+    [opened] = [
+        e for e in events if e["event"] == "resource.opened" and e["resource"] == "auth_keys"
+    ]
+    assert opened["jwks_url"] == provider.issuer + "/jwks"
+    assert any(e["event"] == "auth.keys_refresh_failed" for e in events)
+
+
+def test_a_pipelined_request_inherits_nothing_of_the_one_before(
+    provider: IdentityProvider, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Both requests in one write: the server (httptools) starts the second from the first's
+    # task, which once gave it the first's subject in the log.
+    service_env["AUTH_ISSUER"] = provider.issuer
+    token = provider.token(subject="alice")
+    with running("python -m", service_env, tmp_path) as service:
+        wait_until_ready(service, service_env["PORT"])
+        with socket.create_connection(("127.0.0.1", int(service_env["PORT"])), timeout=10) as s:
+            s.sendall(
+                f"GET /me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n"
+                "GET /me HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+            )
+
+            def both_logged() -> bool:
+                requests = [line for line in service.log() if line["event"] == "http.request"]
+                return len([line for line in requests if line["path"] == "/me"]) == 2
+
+            wait_until(both_logged, timeout=10, message="the two requests were never logged")
+        service.process.send_signal(signal.SIGTERM)
+        finish(service)
+
+    lines = [line for line in service.log() if line["event"] == "http.request"]
+    first, second = [line for line in lines if line["path"] == "/me"]
+    assert (first["status"], first.get("subject")) == (200, "alice")
+    assert (second["status"], second.get("subject")) == (401, None)
+    assert second["request_id"] != first["request_id"]
+
+
 @pytest.fixture
 def keys_of(provider: IdentityProvider, auth_settings: Callable[..., Settings]) -> AuthKeys:
     """The provider's keys, fetched once; no key id makes them fetch again for an hour."""
-    settings = auth_settings(auth_keys_min_refresh_seconds=3600)
-
-    async def fetched() -> AuthKeys:
-        async with httpx.AsyncClient() as http_client:
-            keys = AuthKeys(settings, http_client)
-            await keys.refresh("test")
-            return keys
-
-    return asyncio.run(fetched())
+    return asyncio.run(fetch_keys(auth_settings(auth_keys_min_refresh_seconds=3600)))
 
 
 def json_segment(values: st.SearchStrategy[Any]) -> st.SearchStrategy[str]:

@@ -73,6 +73,10 @@ def main(app: str = "{{ cookiecutter.package_name }}.main:app") -> None:
         # main.py routes uvicorn's records into our log stream; the middleware logs each request.
         log_config=None,
         access_log=False,
+        # Each request starts in an empty context. With httptools, a pipelined request's task
+        # is created inside the previous request's and copied its context: that request's log
+        # fields (its subject) and its trace span.
+        reset_contextvars=True,
     )
     if settings.workers == 1:
         # After a graceful shutdown uvicorn raises the signal it stopped on once more, under

@@ -104,16 +104,24 @@ async def verify(token: str, keys: AuthKeys, settings: Settings) -> Authenticate
             next((o for k, o in kinds if isinstance(exc, k)), "invalid")
         ) from None
     subject = claims["sub"]
-    if not isinstance(subject, str):
+    if not isinstance(subject, str) or not subject:
         raise InvalidTokenError("missing_claim")
+    # RFC 7519's NumericDate is a JSON number; PyJWT also takes numeric strings.
+    if any(not _is_number(claims.get(name, 0)) for name in ("exp", "nbf", "iat")):
+        raise InvalidTokenError("malformed")
     return AuthenticatedPrincipal(subject, _scopes(claims), claims)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
-    """OAuth 2's `scope` (space-separated), or Entra ID's `scp` (a string or a list)."""
+    """OAuth 2's `scope` (separated by spaces, RFC 6749 3.3: no other whitespace), or Entra
+    ID's `scp` (a string or a list)."""
     granted = claims.get("scope", claims.get("scp", ""))
     if isinstance(granted, str):
-        return frozenset(granted.split())
+        return frozenset(filter(None, granted.split(" ")))
     if isinstance(granted, list):
         return frozenset(scope for scope in granted if isinstance(scope, str))
     return frozenset()

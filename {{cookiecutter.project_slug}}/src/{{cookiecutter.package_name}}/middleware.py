@@ -130,8 +130,11 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
-        # Reset on the way out, so that the id cannot leak into the next request served by
-        # this task. (Tokens, unlike bound_contextvars(), do not copy the whole context.)
+        # Nothing of another request's (a server that starts a pipelined request's task from
+        # the previous one's copies its context); reset on the way out, so that the id cannot
+        # leak into the next request served by this task. (Tokens, unlike
+        # bound_contextvars(), do not copy the whole context.)
+        structlog.contextvars.clear_contextvars()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         method = scope["method"]
         metric_method = metrics.started(method) if metrics is not None else method

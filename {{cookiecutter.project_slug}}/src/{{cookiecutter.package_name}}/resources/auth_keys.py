@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -36,6 +37,7 @@ ALGORITHMS_BY_KEY_TYPE: Mapping[tuple[object, object], frozenset[str]] = {
     ("OKP", "Ed448"): frozenset({"EdDSA"}),
 }
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+_UNCOMPRESSED_JSON = {"Accept": "application/json", "Accept-Encoding": "identity"}
 
 
 class KeysUnavailableError(Exception):
@@ -120,17 +122,25 @@ class AuthKeys:
             raise KeysUnavailableError(f"the discovery document's jwks_uri: {exc}") from None
 
     async def _get_json(self, url: str) -> dict[str, Any]:
-        limit = self.settings.auth_keys_max_bytes
-        async with self._client.stream("GET", url, headers={"Accept": "application/json"}) as r:
-            r.raise_for_status()
-            body = bytearray()
-            async for chunk in r.aiter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise KeysUnavailableError(f"{url}: more than {limit} bytes")
+        where, limit = _without_query(url), self.settings.auth_keys_max_bytes
+        try:
+            async with self._client.stream("GET", url, headers=_UNCOMPRESSED_JSON) as response:
+                response.raise_for_status()
+                # A compressed body would be inflated in memory before it could be counted.
+                if response.headers.get("Content-Encoding", "identity") != "identity":
+                    raise KeysUnavailableError(f"{where}: a compressed answer")
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > limit:
+                        raise KeysUnavailableError(f"{where}: more than {limit} bytes")
+        except httpx.HTTPStatusError as exc:
+            raise KeysUnavailableError(f"{where}: {exc.response.status_code}") from None
+        except httpx.HTTPError as exc:
+            raise KeysUnavailableError(f"{where}: {type(exc).__name__}") from None
         document = json.loads(body)
         if not isinstance(document, dict):
-            raise KeysUnavailableError(f"{url}: not a JSON object")
+            raise KeysUnavailableError(f"{where}: not a JSON object")
         return document
 
     async def keep_fresh(self) -> None:
@@ -156,6 +166,8 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, SigningKey]:
             continue
         key_id, kind = entry.get("kid"), entry.get("kty")
         curve = entry.get("crv") if kind != "RSA" else None
+        if not isinstance(kind, str) or not isinstance(curve, str | None):
+            continue
         algorithms = ALGORITHMS_BY_KEY_TYPE.get((kind, curve), frozenset())
         if isinstance(entry.get("alg"), str):
             # A key that names its algorithm is used with that one only.
@@ -165,6 +177,12 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, SigningKey]:
     if not keys:
         raise KeysUnavailableError("the JWKS has no usable signature key")
     return keys
+
+
+def _without_query(url: str) -> str:
+    """The URL as logged: a query string may hold a key of the provider's."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _public_key(entry: dict[str, Any], algorithms: frozenset[str]) -> Any:
@@ -194,7 +212,7 @@ async def open_auth_keys(
 
     async def fetch_first() -> None:
         await keys.refresh("startup")
-        target.update(jwks_url=keys.jwks_url, keys=len(keys))
+        target.update(jwks_url=_without_query(keys.jwks_url or ""), keys=len(keys))
 
     async with lifecycle(
         "auth_keys",
