@@ -223,6 +223,19 @@ class Settings(BaseSettings):
     # cancelled (and, unacknowledged, delivered again to the next consumer).
     rabbitmq_drain_seconds: float = Field(default=5.0, ge=0)
 {%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+
+    # The outbox relay (outbox.py) publishes an event as soon as its transaction commits in this
+    # process; it also looks for pending events this often: those of other replicas whose relay
+    # is failing, and those a stopped or crashed process left behind. One cheap indexed query.
+    outbox_poll_seconds: Seconds = 1.0
+    # Pending events one pass takes, locks and publishes concurrently (each with its confirm).
+    outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # After a failed pass (the broker or the database down) the relay waits OUTBOX_POLL_SECONDS,
+    # doubling with each failure in a row up to this: after an outage the events go out within
+    # it, and a broker that is down is not hammered meanwhile.
+    outbox_max_backoff_seconds: Seconds = 10.0
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 
     @model_validator(mode="after")

@@ -6,7 +6,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
+{% if cookiecutter.use_rabbitmq -%}
+from {{ cookiecutter.package_name }}.dependencies import DbSession, Outbox
+{% else -%}
 from {{ cookiecutter.package_name }}.dependencies import DbSession
+{% endif -%}
 from {{ cookiecutter.package_name }}.models import Note
 
 router = APIRouter(prefix="/notes", tags=["notes"])
@@ -30,11 +34,23 @@ class NoteOut(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
+{%- if cookiecutter.use_rabbitmq %}
+async def create_note(body: NoteIn, session: DbSession, outbox: Outbox) -> NoteOut:
+    """201 once the note and its `note.created` event are committed together; the outbox relay
+    publishes the event after the response, however long the broker is away."""
+{%- else %}
 async def create_note(body: NoteIn, session: DbSession) -> NoteOut:
+{%- endif %}
     note = Note(text=body.text)
     session.add(note)
     await session.flush()
+{%- if cookiecutter.use_rabbitmq %}
+    created = NoteOut.model_validate(note)
+    outbox.add(session, "note.created", created.model_dump(mode="json"))
+    return created
+{%- else %}
     return NoteOut.model_validate(note)
+{%- endif %}
 
 
 @router.get("/{note_id}", responses={status.HTTP_404_NOT_FOUND: {}})
