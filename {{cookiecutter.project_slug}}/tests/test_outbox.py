@@ -8,6 +8,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,16 @@ def note_ids(handled: list[dict[str, Any]]) -> list[int]:
     return sorted(body["data"]["id"] for body in handled)
 
 
+async def measured(client: AsyncClient, *, pending: int, lag: float | None) -> bool:
+    """Whether the relay's last measure was `pending` events, the oldest `lag` seconds old
+    (None: any age above 0)."""
+    scraped = await scrape(client)
+    age = scraped.value("outbox_lag_seconds")
+    return scraped.value("outbox_pending_events") == pending and (
+        age > 0 if lag is None else age == lag
+    )
+
+
 async def create_notes(client: AsyncClient, count: int, text: str = "note") -> list[int]:
     responses = await asyncio.gather(
         *(client.post("/notes", json={"text": f"{text} {number}"}) for number in range(count))
@@ -128,7 +139,10 @@ async def test_every_note_is_published_and_handled_once(
             return note_ids(handled_notes) == created
 
         await async_wait_until(all_handled, within=10, message="not every event was handled")
-        scraped = await scrape(client)
+        # Measured by the relay after its pass commits, which may come after the handling.
+        await async_wait_until(
+            partial(measured, client, pending=0, lag=0), within=5, message="pending not 0"
+        )
 
     assert {body["type"] for body in handled_notes} == {"note.created"}
     assert [body["data"] for body in handled_notes if body["data"]["id"] == one["id"]] == [one]
@@ -136,8 +150,6 @@ async def test_every_note_is_published_and_handled_once(
     assert len(handled) == len(set(handled)) == NOTES
     assert sum(e["events"] for e in events if e["event"] == "outbox.published") == NOTES
     assert await count_rows(outbox_database, "outbox") == 0
-    assert scraped.value("outbox_pending_events") == 0
-    assert scraped.value("outbox_lag_seconds") == 0
     lifecycle = [e["event"] for e in events if e["event"].startswith("outbox.relay_")]
     assert lifecycle == ["outbox.relay_started", "outbox.relay_stopped"]
 
@@ -192,25 +204,24 @@ async def test_a_silent_broker_neither_fails_nor_slows_notes_and_every_event_goe
         async def relay_failed() -> bool:
             return any(e["event"] == "outbox.relay_failed" for e in events)
 
-        async def all_pending_and_late() -> bool:
-            scraped = await scrape(client)
-            pending = scraped.value("outbox_pending_events")
-            return pending == NOTES and scraped.value("outbox_lag_seconds") > 0
-
         await async_wait_until(relay_failed, within=5, message="the relay never failed")
-        await async_wait_until(all_pending_and_late, within=5, message="pending not measured")
+        await async_wait_until(
+            partial(measured, client, pending=NOTES, lag=None), within=5, message="not measured"
+        )
         handled_while_silent = note_ids(handled_notes)
 
         await asyncio.to_thread(proxy.heal)
 
         async def all_handled() -> bool:
-            return note_ids(handled_notes) == created
-
-        async def none_pending() -> bool:
-            return (await scrape(client)).value("outbox_pending_events") == 0
+            # A set: the publishes that timed out reach the broker after the heal, besides the
+            # relay's new ones, and two copies handled at once are both handled (README:
+            # Messages, the known limits); what matters here is that none is missing.
+            return set(note_ids(handled_notes)) == set(created)
 
         await async_wait_until(all_handled, within=15, message="events lost after the heal")
-        await async_wait_until(none_pending, within=5, message="pending never back to 0")
+        await async_wait_until(
+            partial(measured, client, pending=0, lag=0), within=5, message="pending not 0"
+        )
 
     assert [response.status_code for response, _ in answers] == [201] * NOTES
     assert max(seconds for _, seconds in answers) < USUAL_SECONDS

@@ -152,9 +152,12 @@ class Outbox:
         try:
             await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Also when the relay itself is cancelled (given up at shutdown): nothing left behind.
             stopping.cancel()
-        if not working.done():
-            working.cancel()
+            stopped = not working.done()
+            if stopped:
+                working.cancel()
+        if stopped:
             await asyncio.wait({working})
             raise _StoppingError
         return working.result()

@@ -227,7 +227,8 @@ class Settings(BaseSettings):
 
     # The outbox relay (outbox.py) publishes an event as soon as its transaction commits in this
     # process; it also looks for pending events this often: those of other replicas whose relay
-    # is failing, and those a stopped or crashed process left behind. One cheap indexed query.
+    # is failing, and those a stopped or crashed process left behind. Two cheap queries (the
+    # batch, through an index; the count and age of the pending events, for the metrics).
     outbox_poll_seconds: Seconds = 1.0
     # Pending events one pass takes, locks and publishes concurrently (each with its confirm).
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
