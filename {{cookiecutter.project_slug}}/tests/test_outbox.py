@@ -331,3 +331,14 @@ async def test_two_relays_on_one_database_publish_each_event_exactly_once(
     assert set(published.values()) == {1}
     assert len({relay for relay, _ in publishes}) == 2, "one relay did all the work"
     assert logged(events, "message.duplicate") == []
+
+
+async def test_a_process_that_does_not_relay_leaves_its_events_pending(
+    make_settings: Callable[..., Settings], outbox_database: str, events: list[EventDict]
+) -> None:
+    settings = make_settings(database_url=outbox_database, outbox_relay_enabled=False)
+    async with serve(create_app(settings)) as client:
+        await create_notes(client, 3)
+
+    assert await count_rows(outbox_database, "outbox") == 3
+    assert [e["event"] for e in events if e["event"].startswith("outbox.")] == []

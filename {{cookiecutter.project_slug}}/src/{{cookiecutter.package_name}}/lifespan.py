@@ -212,9 +212,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 {%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
             # After PostgreSQL and RabbitMQ, so that it stops before they close: its pass in
             # progress is rolled back, its events left pending for the next relay.
-            "outbox": await stack.enter_async_context(
-                run_outbox_relay(settings, postgres, rabbitmq)
-            ),
+            "outbox": await stack.enter_async_context(run_outbox_relay(settings, rabbitmq)),
 {%- endif %}
             # After the resources, so that it exits before them: the tasks still running use
             # them while they drain.

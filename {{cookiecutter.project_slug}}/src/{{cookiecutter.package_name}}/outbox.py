@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from {{ cookiecutter.package_name }}.metrics import OUTBOX_LAG, OUTBOX_PENDING
 from {{ cookiecutter.package_name }}.models import OutboxEvent
 from {{ cookiecutter.package_name }}.resources.lifecycle import describe
+from {{ cookiecutter.package_name }}.resources.postgres import dedicated_engine
 from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.timing import elapsed_ms
@@ -186,17 +187,22 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 
 
 @asynccontextmanager
-async def run_outbox_relay(
-    settings: Settings, engine: AsyncEngine, rabbitmq: RabbitMQ
-) -> AsyncIterator[Outbox]:
-    """The outbox, its relay running until the lifespan ends. At shutdown the relay stops
-    within SHUTDOWN_TIMEOUT: a batch being published is rolled back and left pending (events
-    the broker confirmed already are published again later, and handled once)."""
+async def run_outbox_relay(settings: Settings, rabbitmq: RabbitMQ) -> AsyncIterator[Outbox]:
+    """The outbox, its relay running until the lifespan ends, on a database connection of its
+    own: it never waits behind requests, nor holds one of theirs while the broker confirms.
+    At shutdown the relay stops and its connection closes within SHUTDOWN_TIMEOUT: a batch
+    being published is rolled back and left pending (events the broker confirmed already are
+    published again later, and handled once)."""
+    engine = dedicated_engine(settings, "outbox relay")
     outbox = Outbox(settings, engine, rabbitmq)
+    if not settings.outbox_relay_enabled:
+        yield outbox  # an engine opens its connections on first use: this one never does
+        return
     relay = asyncio.create_task(outbox.relay(), name="outbox relay")
     try:
         yield outbox
     finally:
+        deadline = asyncio.get_running_loop().time() + settings.shutdown_timeout
         outbox.stop()
         done, _ = await asyncio.wait({relay}, timeout=settings.shutdown_timeout)
         if done:
@@ -207,4 +213,9 @@ async def run_outbox_relay(
             # rolls back when the server drops the connection), as background tasks are.
             relay.cancel()
             log.error("outbox.relay_abandoned", timeout_seconds=settings.shutdown_timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await engine.dispose()
+        except Exception as exc:
+            log.error("outbox.close_failed", error=describe(exc))
         log.info("outbox.relay_stopped", published=outbox.published)
