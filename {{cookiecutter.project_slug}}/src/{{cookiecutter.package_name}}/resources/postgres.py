@@ -183,6 +183,7 @@ def _service_engine(
     event.listen(engine.sync_engine, "handle_error", _handle_error)
     event.listen(engine.sync_engine, "checkout", _replace_if_closed)
     return engine
+{%- if cookiecutter.use_rabbitmq %}
 
 
 def dedicated_engine(settings: Settings, role: str) -> AsyncEngine:
@@ -198,6 +199,7 @@ def dedicated_engine(settings: Settings, role: str) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout,
     )
+{%- endif %}
 
 
 @asynccontextmanager
