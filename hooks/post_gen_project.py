@@ -64,6 +64,15 @@ FILES_BY_RESOURCE = {
         Path("tests") / "identity_provider.py",
     ],
 }
+# Only needed when both resources are on (the transactional outbox: PostgreSQL writes the
+# events, RabbitMQ takes them): deleted when either is off.
+FILES_OF_BOTH = {
+    ("postgres", "rabbitmq"): [
+        PACKAGE / "outbox.py",
+        PACKAGE / "migrations" / "versions" / "0002_create_outbox.py",
+        Path("tests") / "test_outbox.py",
+    ],
+}
 ENABLED = {
     "postgres": {{ cookiecutter.use_postgres }},
     "redis": {{ cookiecutter.use_redis }},
@@ -148,6 +157,11 @@ def write_lock() -> None:
 
 def main() -> None:
     write_lock()
+    # First: a resource that is off may delete the folder one of them is in.
+    for pair, paths in FILES_OF_BOTH.items():
+        if not all(ENABLED[resource] for resource in pair):
+            for path in paths:
+                remove(path)
     for resource, enabled in ENABLED.items():
         if not enabled:
             for path in FILES_BY_RESOURCE[resource]:

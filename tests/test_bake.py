@@ -140,6 +140,14 @@ PAIR_DEPENDENCIES: dict[tuple[str, str], str] = {
     ("opentelemetry", "redis"): "opentelemetry-instrumentation-redis",
     ("opentelemetry", "http_client"): "opentelemetry-instrumentation-httpx",
 }
+# Files of two options together, there only when both are on: the transactional outbox.
+PAIR_FILES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("postgres", "rabbitmq"): (
+        "src/{package}/outbox.py",
+        "src/{package}/migrations/versions/0002_create_outbox.py",
+        "tests/test_outbox.py",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -327,6 +335,10 @@ def test_resource_files_follow_flags(baked: Baked) -> None:
     expected = [path for name in baked.case.enabled for path in RESOURCES[name].paths(package)]
     assert [path for path in unexpected if (baked.project / path).exists()] == [], "files of disabled resources"
     assert [path for path in expected if not (baked.project / path).exists()] == [], "missing resource files"
+    for pair, paths in PAIR_FILES.items():
+        both_on = set(pair) <= baked.case.enabled
+        present = [(baked.project / path.format(package=package)).exists() for path in paths]
+        assert present == [both_on] * len(paths), f"{paths}: {pair} on = {both_on}"
 
 
 def test_src_does_not_import_disabled_resources(baked: Baked) -> None:

@@ -344,8 +344,10 @@ def test_deployment_probes_and_shutdown_fit_the_service(deployed: Deployed) -> N
     # With RabbitMQ, the messages being handled get RABBITMQ_DRAIN_SECONDS before the closes.
     message_drain = float(env["RABBITMQ_DRAIN_SECONDS"]["value"]) if deployed.on("rabbitmq") else 0.0
     assert ("RABBITMQ_DRAIN_SECONDS" in env) == deployed.on("rabbitmq")
-    # The background tasks cancelled after their drain get SHUTDOWN_TIMEOUT too.
-    closing_steps = len(enabled_resources) + 1
+    # The background tasks cancelled after their drain get SHUTDOWN_TIMEOUT too, and so does the
+    # outbox relay's stop (PostgreSQL and RabbitMQ both on).
+    outbox_relay = deployed.on("postgres") and deployed.on("rabbitmq")
+    closing_steps = len(enabled_resources) + 1 + outbox_relay
     longest_stop = float(pause_command[1]) + graceful + background_drain + message_drain + close_each * closing_steps
     assert pod["terminationGracePeriodSeconds"] > longest_stop
     # The manifest's GRACEFUL_SHUTDOWN_TIMEOUT is the one the service reads.
@@ -456,7 +458,9 @@ def test_the_most_pods_at_once_fit_the_databases_connections(deployed: Deployed)
         return settings_default(deployed.project, deployed.case.package, variable)
 
     most_pods = hpa["spec"]["maxReplicas"] + deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-    per_pod = setting("WORKERS") * (setting("DB_POOL_SIZE") + setting("DB_MAX_OVERFLOW"))
+    # With RabbitMQ, each worker's outbox relay holds one connection besides its pool.
+    relay = 1 if deployed.on("rabbitmq") else 0
+    per_pod = setting("WORKERS") * (setting("DB_POOL_SIZE") + setting("DB_MAX_OVERFLOW") + relay)
     assert most_pods * per_pod <= max_connections - reserve
     # And the README's worked example is this very sum.
     assert f"= {most_pods * per_pod} ≤ {max_connections} − {reserve}" in readme

@@ -266,6 +266,21 @@ def database_url() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+{%- if cookiecutter.use_rabbitmq %}
+
+
+@pytest.fixture(autouse=True)
+def _no_outbox_events_left_for_the_next_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A note created just before its app stopped leaves its event pending in the run's shared
+    database: the next test's relay would publish it to that test's queue, as one more message
+    to handle. Set up first, so torn down last: after the test's apps have stopped."""
+    if "database_url" not in request.fixturenames:
+        yield
+        return
+    database_url = request.getfixturevalue("database_url")
+    yield
+    asyncio.run(admin_execute("DELETE FROM outbox", database_url))
+{%- endif %}
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 

@@ -135,7 +135,12 @@ def closing_events(log: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
-{%- if cookiecutter.use_rabbitmq %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
+    BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources + 2) x SHUTDOWN_TIMEOUT (the
+    background tasks' cancellation and the outbox relay's stop are two more steps), with the
+    defaults where `env` sets none."""
+{%- elif cookiecutter.use_rabbitmq %}
     """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
     BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources + 1) x SHUTDOWN_TIMEOUT (the
     background tasks' cancellation is one more step), with the defaults where `env` sets none."""
@@ -151,7 +156,11 @@ def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
 {%- if cookiecutter.use_rabbitmq %}
         + float(env.get("RABBITMQ_DRAIN_SECONDS", 5))
 {%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+        + (resources + 2) * float(env.get("SHUTDOWN_TIMEOUT", 5))
+{%- else %}
         + (resources + 1) * float(env.get("SHUTDOWN_TIMEOUT", 5))
+{%- endif %}
     )
 
 

@@ -882,6 +882,9 @@ class PrivatePostgres:
         sockets = str(directory)  # not /var/run/postgresql: it may be missing, or not ours
         self._command = [str(bin_dir / "postgres"), "-D", data, "-p", str(port), "-k", sockets]
         self._command += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        # Each line of the log names its session's application_name: a test reads the lines of
+        # the service's request sessions apart from those of its other sessions.
+        self._command += ["-c", "log_line_prefix=[%a] "]
         self.start()
 
     def _initdb_with_password(self, initdb: list[str], directory: Path, password: str) -> None:

@@ -72,6 +72,9 @@ async def test_opens_in_order_and_closes_in_reverse(
 {%- if cookiecutter.use_postgres %}
         expected_state.add("postgres_schema")
 {%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+        expected_state.add("outbox")
+{%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
         expected_state.add("tracer_provider")
 {%- endif %}

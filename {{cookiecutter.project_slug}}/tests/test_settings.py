@@ -189,6 +189,16 @@ def test_pools_beyond_the_connection_budget_are_refused(environment: pytest.Monk
     environment.setenv("WORKERS", "4")
     environment.setenv("DB_POOL_SIZE", "10")
     environment.setenv("DB_MAX_OVERFLOW", "5")
+{%- if cookiecutter.use_rabbitmq %}
+    environment.setenv("DB_CONNECTION_BUDGET", "63")
+
+    assert load_error(environment) == (
+        "invalid settings: Value error, WORKERS x (DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 for the"
+        " outbox relay) = 64 database connections exceeds DB_CONNECTION_BUDGET = 63"
+    )
+
+    environment.setenv("DB_CONNECTION_BUDGET", "64")
+{%- else %}
     environment.setenv("DB_CONNECTION_BUDGET", "59")
 
     assert load_error(environment) == (
@@ -197,5 +207,6 @@ def test_pools_beyond_the_connection_budget_are_refused(environment: pytest.Monk
     )
 
     environment.setenv("DB_CONNECTION_BUDGET", "60")
+{%- endif %}
     assert load_settings().workers == 4
 {%- endif %}

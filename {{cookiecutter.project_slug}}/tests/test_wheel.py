@@ -125,7 +125,11 @@ def test_the_installed_service_runs_from_any_folder(
         asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
     assert pending.status_code == 503
+{%- if cookiecutter.use_rabbitmq %}
+    assert pending.json()["resources"]["postgres"]["error"] == "pending migrations: 0001, 0002"
+{%- else %}
     assert pending.json()["resources"]["postgres"]["error"] == "pending migrations: 0001"
+{%- endif %}
     assert migrated.returncode == 0, migrated.stderr
     assert "Running upgrade  -> 0001, Create the notes table" in migrated.stderr
 {%- else %}

@@ -26,6 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.background import Supervisor
+{% if cookiecutter.use_postgres and cookiecutter.use_rabbitmq -%}
+from {{ cookiecutter.package_name }}.outbox import Outbox as OutboxWriter
+{% endif -%}
 from {{ cookiecutter.package_name }}.readiness import SharedChecks
 {% if cookiecutter.use_postgres -%}
 from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, describe
@@ -138,6 +141,16 @@ async def _rabbitmq(request: Request) -> RabbitMQ:
 
 
 RabbitMQClient = Annotated[RabbitMQ, Depends(_rabbitmq)]
+{%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+
+
+async def _outbox(request: Request) -> OutboxWriter:
+    return cast(OutboxWriter, request.state.outbox)
+
+
+# Events added to a DbSession's transaction, published once it commits (outbox.py).
+Outbox = Annotated[OutboxWriter, Depends(_outbox)]
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
 

@@ -36,6 +36,9 @@ from {{ cookiecutter.package_name }}.background import Supervisor, supervise_bac
 from {{ cookiecutter.package_name }}.messages import IdempotentHandler, {{ "RedisHandledIds" if cookiecutter.use_redis else "MemoryHandledIds" }}
 {%- endif %}
 from {{ cookiecutter.package_name }}.metrics import expose_metrics
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+from {{ cookiecutter.package_name }}.outbox import Outbox, run_outbox_relay
+{%- endif %}
 from {{ cookiecutter.package_name }}.readiness import SharedChecks, shared_checks
 {% if cookiecutter.use_auth -%}
 from {{ cookiecutter.package_name }}.resources.auth_keys import AuthKeys, open_auth_keys
@@ -111,6 +114,10 @@ class State(TypedDict):
 {%- endif %}
 {%- if cookiecutter.use_auth %}
     auth_keys: AuthKeys
+{%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+    # Where routes write the events their transaction publishes (outbox.py).
+    outbox: Outbox
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
     tracer_provider: TracerProvider
@@ -217,6 +224,11 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             "auth_keys": auth_keys,
 {%- endif %}
             "metrics": metrics,
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+            # After PostgreSQL and RabbitMQ, so that it stops before they close: its pass in
+            # progress is rolled back, its events left pending for the next relay.
+            "outbox": await stack.enter_async_context(run_outbox_relay(settings, rabbitmq)),
+{%- endif %}
             # After the resources, so that it exits before them: the tasks still running use
             # them while they drain.
             "background": await stack.enter_async_context(supervise_background(settings)),

@@ -158,6 +158,21 @@ AUTH_KEYS_FETCHED = Gauge(
     multiprocess_mode="livemin",
 )
 {%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+
+# Measured by the relay after each pass (outbox.py), not by a query per scrape. Every process
+# sees the same table: with several workers, the highest (the latest measure, or near it).
+OUTBOX_PENDING = Gauge(
+    "outbox_pending_events",
+    "Events committed to the outbox and not yet published (at the relay's last pass).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_LAG = Gauge(
+    "outbox_lag_seconds",
+    "Age of the oldest event not yet published (0 when none is pending), at the relay's last pass.",
+    multiprocess_mode="livemax",
+)
+{%- endif %}
 
 
 class ConnectionCounts(NamedTuple):

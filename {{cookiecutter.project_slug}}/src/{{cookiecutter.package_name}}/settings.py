@@ -289,16 +289,44 @@ class Settings(BaseSettings):
     # A longer bearer token is refused before it is parsed (real ones are 1 to 4 kB).
     auth_max_token_bytes: int = Field(default=8192, ge=512)
 {%- endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
+
+    # false: this process writes events to the outbox but relays none, and opens no connection
+    # for it: where other processes relay (a Deployment of the consumer's own, say).
+    outbox_relay_enabled: bool = True
+    # The outbox relay (outbox.py) publishes an event as soon as its transaction commits in this
+    # process; it also looks for pending events this often: those of other replicas whose relay
+    # is failing, and those a stopped or crashed process left behind. Two cheap queries (the
+    # batch, through an index; the count and age of the pending events, for the metrics).
+    outbox_poll_seconds: Seconds = 1.0
+    # Pending events one pass takes, locks and publishes concurrently (each with its confirm).
+    outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # After a failed pass (the broker or the database down) the relay waits OUTBOX_POLL_SECONDS,
+    # doubling with each failure in a row up to this: after an outage the events go out within
+    # it, and a broker that is down is not hammered meanwhile.
+    outbox_max_backoff_seconds: Seconds = 10.0
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 
     @model_validator(mode="after")
     def _pools_fit_the_connection_budget(self) -> Self:
+{%- if cookiecutter.use_rabbitmq %}
+        # Each worker's outbox relay holds one connection of its own besides its pool.
+        connections = self.workers * (self.db_pool_size + self.db_max_overflow + 1)
+        if connections > self.db_connection_budget:
+            raise ValueError(
+                "WORKERS x (DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 for the outbox relay) ="
+                f" {connections} database connections exceeds DB_CONNECTION_BUDGET ="
+                f" {self.db_connection_budget}"
+            )
+{%- else %}
         connections = self.workers * (self.db_pool_size + self.db_max_overflow)
         if connections > self.db_connection_budget:
             raise ValueError(
                 f"WORKERS x (DB_POOL_SIZE + DB_MAX_OVERFLOW) = {connections} database connections"
                 f" exceeds DB_CONNECTION_BUDGET = {self.db_connection_budget}"
             )
+{%- endif %}
         return self
 {%- endif %}
 

@@ -9,7 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 {% if cookiecutter.use_auth -%}
 from {{ cookiecutter.package_name }}.auth import require_token
 {% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+from {{ cookiecutter.package_name }}.dependencies import DbSession, Outbox
+{% else -%}
 from {{ cookiecutter.package_name }}.dependencies import DbSession
+{% endif -%}
 from {{ cookiecutter.package_name }}.models import Note
 
 {% if cookiecutter.use_auth -%}
@@ -43,11 +47,23 @@ class NoteOut(BaseModel):
 {% else -%}
 @router.post("", status_code=status.HTTP_201_CREATED)
 {% endif -%}
+{% if cookiecutter.use_rabbitmq -%}
+async def create_note(body: NoteIn, session: DbSession, outbox: Outbox) -> NoteOut:
+    """201 once the note and its `note.created` event are committed together; the outbox relay
+    publishes the event after the response, however long the broker is away."""
+{% else -%}
 async def create_note(body: NoteIn, session: DbSession) -> NoteOut:
+{% endif -%}
     note = Note(text=body.text)
     session.add(note)
     await session.flush()
+{%- if cookiecutter.use_rabbitmq %}
+    created = NoteOut.model_validate(note)
+    outbox.add(session, "note.created", created.model_dump(mode="json"))
+    return created
+{%- else %}
     return NoteOut.model_validate(note)
+{%- endif %}
 
 
 @router.get("/{note_id}", responses={status.HTTP_404_NOT_FOUND: {}})

@@ -30,6 +30,8 @@ _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 _STATEMENT_CACHE_SIZE = 100
 # How much later than the client's DB_COMMAND_TIMEOUT the server's statement_timeout fires.
 _SERVER_TIMEOUT_MARGIN = 1.0
+# How the service's sessions are named in pg_stat_activity.
+APPLICATION_NAME = "{{ cookiecutter.project_slug }}"
 
 
 async def ping(engine: AsyncEngine, schema: SchemaCheck | None = None) -> None:
@@ -121,7 +123,9 @@ def asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
+async def _connect(
+    url: URL, settings: Settings, application_name: str = APPLICATION_NAME
+) -> asyncpg.Connection:
     try:
         connection = await asyncpg.connect(
             asyncpg_dsn(url),
@@ -138,7 +142,7 @@ async def _connect(url: URL, settings: Settings) -> asyncpg.Connection:
             # A startup parameter, not a SET: PgBouncer passes application_name (and the
             # client_encoding asyncpg sends) on to every server connection it lends, and
             # refuses startup parameters it does not know.
-            server_settings={"application_name": "{{ cookiecutter.project_slug }}"},
+            server_settings={"application_name": application_name},
         )
         if not settings.db_behind_pooler:
             await _end_statements_the_client_gave_up(connection, settings.db_command_timeout)
@@ -165,22 +169,51 @@ async def _end_statements_the_client_gave_up(
         raise
 
 
-@asynccontextmanager
-async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[AsyncEngine]:
-    url = make_url(settings.database_url.get_secret_value())
+def _service_engine(
+    settings: Settings, url: URL, application_name: str, **pool_options: Any
+) -> AsyncEngine:
     engine = asyncpg_engine(
         url,
-        partial(_connect, url, settings),
+        partial(_connect, url, settings, application_name),
         # Behind a pooler, none. (A unique name for each statement, which SQLAlchemy's docs
         # show for PgBouncer, would leave every one prepared on a server connection for good.)
         prepared_statement_cache_size=0 if settings.db_behind_pooler else _STATEMENT_CACHE_SIZE,
+        **pool_options,
+    )
+    event.listen(engine.sync_engine, "handle_error", _handle_error)
+    event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+    return engine
+{%- if cookiecutter.use_rabbitmq %}
+
+
+def dedicated_engine(settings: Settings, role: str) -> AsyncEngine:
+    """An engine of one connection, apart from the requests' pool, for a loop of the service
+    that must neither wait behind requests nor hold one of their connections while it waits on
+    something else; named `<service> <role>` in pg_stat_activity. Its owner disposes of it."""
+    url = make_url(settings.database_url.get_secret_value())
+    return _service_engine(
+        settings,
+        url,
+        f"{APPLICATION_NAME} {role}",
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout,
+    )
+{%- endif %}
+
+
+@asynccontextmanager
+async def open_postgres(settings: Settings, deadline: float) -> AsyncIterator[AsyncEngine]:
+    url = make_url(settings.database_url.get_secret_value())
+    engine = _service_engine(
+        settings,
+        url,
+        APPLICATION_NAME,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         poolclass=MeteredPool,
     )
-    event.listen(engine.sync_engine, "handle_error", _handle_error)
-    event.listen(engine.sync_engine, "checkout", _replace_if_closed)
     async with lifecycle(
         "postgres",
         verify=partial(ping, engine),
