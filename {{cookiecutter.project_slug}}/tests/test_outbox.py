@@ -24,11 +24,11 @@ from {{ cookiecutter.package_name }}.outbox import Outbox
 from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import (
-    auth_headers,
     LIFESPAN_RESOURCES,
     RABBITMQ_URL,
     admin_execute,
     asyncpg_dsn,
+    auth_headers,
     migrate,
     new_database_url,
     new_rabbitmq_queue,

@@ -51,9 +51,9 @@ class NoteOut(BaseModel):
 async def create_note(body: NoteIn, session: DbSession, outbox: Outbox) -> NoteOut:
     """201 once the note and its `note.created` event are committed together; the outbox relay
     publishes the event after the response, however long the broker is away."""
-{% else -%}
+{%- else -%}
 async def create_note(body: NoteIn, session: DbSession) -> NoteOut:
-{% endif -%}
+{%- endif %}
     note = Note(text=body.text)
     session.add(note)
     await session.flush()
