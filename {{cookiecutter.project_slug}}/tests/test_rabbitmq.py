@@ -18,6 +18,7 @@ from typing import Any
 
 import aio_pika
 import httpx
+import pamqp.encode
 import pytest
 from httpx import AsyncClient
 from structlog.typing import EventDict
@@ -25,6 +26,7 @@ from structlog.typing import EventDict
 from {{ cookiecutter.package_name }} import messages
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import RabbitMQClient
+from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.conftest import RABBITMQ_URL, Scrape, auth_headers, scrape, serve
 from tests.processes import finish, json_lines, running, url, wait_until_ready
@@ -149,19 +151,36 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_its_retries(
     assert scraped.value(consumed, outcome="dead_lettered") >= 1
 
 
+async def publish_directly(settings: Settings, message: aio_pika.Message) -> None:
+    """As another service publishes: to the exchange, any properties and headers."""
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(settings.rabbitmq_queue, ensure=False)
+        await exchange.publish(message, routing_key=settings.rabbitmq_queue)
+
+
+def raw_long_strings(encode_table_value: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """pamqp's encoding of a header value, but bytes go out as a long string as they are,
+    UTF-8 or not, as a Java or Go client may send them (RabbitMQ does not check)."""
+
+    def encode(value: Any) -> bytes:
+        if isinstance(value, bytes):
+            return b"S" + len(value).to_bytes(4, "big") + value
+        return encode_table_value(value)
+
+    return encode
+
+
 async def test_a_publishers_delivery_count_header_is_not_believed(
     settings: Settings, events: list[EventDict]
 ) -> None:
     message_id = uuid.uuid4().hex
     async with serve(create_app(settings)):
-        connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.get_exchange(settings.rabbitmq_queue, ensure=False)
-            forged = aio_pika.Message(
-                b'{"text": "forged"}', message_id=message_id, headers={"x-delivery-count": 99}
-            )
-            await exchange.publish(forged, routing_key=settings.rabbitmq_queue)
+        forged = aio_pika.Message(
+            b'{"text": "forged"}', message_id=message_id, headers={"x-delivery-count": 99}
+        )
+        await publish_directly(settings, forged)
 
         async def handled() -> bool:
             return logged(events, "message.handled") == [message_id]
@@ -170,6 +189,67 @@ async def test_a_publishers_delivery_count_header_is_not_believed(
 
     [line] = [e for e in events if e["event"] == "message.handled"]
     assert line["delivery"] == 1
+
+
+async def test_a_header_of_bytes_that_are_no_utf8_holds_up_nothing(
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With tracing, reading the trace context of such a header once failed outside the
+    # handler: the message was never settled and held the only prefetch slot for good.
+    settings = make_settings(rabbitmq_prefetch=1)
+    odd = aio_pika.Message(
+        b'{"text": "odd"}', message_id=uuid.uuid4().hex, headers={"blob": b"\xff\xfe\x00"}
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            pamqp.encode,
+            "encode_table_value",
+            raw_long_strings(pamqp.encode.encode_table_value),
+        )
+        async with serve(create_app(settings)) as client:
+            await publish_directly(settings, odd)
+            patch.undo()
+            after = await publish(client, "after")
+
+            async def both_settled() -> bool:
+                settled = logged(events, "message.handled") + logged(events, "message.crashed")
+                return sorted(settled) == sorted([odd.message_id or "", after])
+
+            await async_wait_until(both_settled, within=10, message="the consumer stalled")
+            scraped = await scrape(client)
+
+    assert scraped.value("messaging_messages_in_flight") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "the body is no JSON"),
+        (b"\xff\xfe", "the body is no JSON"),
+        (b"[1, 2]", "the body is no JSON object"),
+        (b'{"text": "' + b"x" * 2048 + b'"}', "larger than 1024 bytes"),
+    ],
+    ids=["not json", "not utf-8", "not an object", "too large"],
+)
+async def test_a_message_no_retry_can_help_is_dead_lettered_at_once(
+    body: bytes, reason: str, make_settings: Callable[..., Settings], events: list[EventDict]
+) -> None:
+    settings = make_settings(rabbitmq_max_message_bytes=1024, rabbitmq_retry_delay=5)
+    message_id = uuid.uuid4().hex
+    async with serve(create_app(settings)):
+        await publish_directly(settings, aio_pika.Message(body, message_id=message_id))
+
+        async def rejected() -> bool:
+            return logged(events, "message.rejected") == [message_id]
+
+        await async_wait_until(rejected, within=10, message="the message was not rejected")
+
+    [line] = [e for e in events if e["event"] == "message.rejected"]
+    assert (line["reason"], line["delivery"]) == (reason, 1)
+    assert logged(events, "message.failed") == []
+    assert [m.message_id for m in await dead_lettered(settings.rabbitmq_queue)] == [message_id]
 
 
 async def test_a_handler_past_its_timeout_has_failed(
@@ -276,6 +356,73 @@ async def test_an_outage_of_the_handled_ids_store_holds_messages_and_dead_letter
 
     assert logged(events, "message.failed") == []
     assert await dead_lettered(settings.rabbitmq_queue) == []
+
+
+async def test_a_delivery_on_a_reopened_channel_is_never_taken_for_another(
+    redis_server: PrivateRedis,
+    make_settings: Callable[..., Settings],
+    events: list[EventDict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A's work succeeds while Redis is down for its record: A is held. Its channel closes and
+    # comes back, where delivery tags start again: B, with A's old tag, was once taken for A's
+    # retry and acknowledged with its work never done.
+    done: list[str] = []
+    a_may_finish = asyncio.Event()
+
+    async def work(payload: dict[str, Any]) -> None:
+        done.append(payload["text"])
+        if done == ["X", "A"]:
+            await a_may_finish.wait()
+
+    monkeypatch.setattr(messages, "process", work)
+    settings = make_settings(
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        rabbitmq_prefetch=1,
+        rabbitmq_retry_delay=0.2,
+        rabbitmq_retry_delay_max=0.5,
+    )
+    app = create_app(settings)
+
+    @app.post("/test/close-the-consumers-channel")
+    async def close_the_consumers_channel(rabbitmq: RabbitMQClient) -> None:
+        await ack_the_unknown(rabbitmq)
+
+    async with serve(app) as client:
+        x = await publish(client, "X")  # delivery tag 1
+        await async_wait_until(partial(has_handled, events, 1), within=10, message="X")
+        a = await publish(client, "A")  # delivery tag 2
+        await async_wait_until(partial(is_true, lambda: done == ["X", "A"]), within=10, message="A")
+        await asyncio.to_thread(redis_server.stop)
+        a_may_finish.set()
+        await async_wait_until(
+            partial(is_true, lambda: a in logged(events, "message.deferred")),
+            within=10,
+            message="A was not held",
+        )
+        await client.post("/test/close-the-consumers-channel")
+        await async_wait_until(
+            partial(in_flight_is, client, 0), within=10, message="A's handler went on"
+        )
+        await asyncio.to_thread(redis_server.start)
+        await async_wait_until(partial(has_handled, events, 2), within=20, message="A again")
+        b = await publish(client, "B")  # delivery tag 2 on the new channel
+
+        async def b_settled() -> bool:
+            return b in logged(events, "message.handled") + logged(events, "message.duplicate")
+
+        await async_wait_until(b_settled, within=10, message="B was never settled")
+
+    assert logged(events, "message.handled") == [x, a, b]
+    assert done == ["X", "A", "A", "B"]  # A twice: its record was lost with its delivery
+
+
+async def is_true(condition: Callable[[], bool]) -> bool:
+    return condition()
+
+
+async def in_flight_is(client: AsyncClient, count: int) -> bool:
+    return (await scrape(client)).value("messaging_messages_in_flight") == count
 {%- endif %}
 
 
@@ -356,13 +503,8 @@ async def test_a_consumer_whose_channel_the_broker_closed_consumes_again(
     app = create_app(settings)
 
     @app.post("/test/ack-the-unknown")
-    async def ack_the_unknown(rabbitmq: RabbitMQClient) -> None:
-        # An acknowledgement the broker never asked for: it closes the consumer's channel
-        # (PRECONDITION_FAILED), as it does on a consumer's ack timeout.
-        assert rabbitmq.consumer is not None
-        channel = rabbitmq.consumer._channel
-        assert channel is not None
-        await (await channel.get_underlay_channel()).basic_ack(delivery_tag=424242)
+    async def close_the_consumers_channel(rabbitmq: RabbitMQClient) -> None:
+        await ack_the_unknown(rabbitmq)
 
     async with serve(app) as client:
         await publish(client, "before")
@@ -377,6 +519,15 @@ async def test_a_consumer_whose_channel_the_broker_closed_consumes_again(
         ready = await client.get("/health/ready")
 
     assert ready.status_code == 200, ready.text
+
+
+async def ack_the_unknown(rabbitmq: RabbitMQ) -> None:
+    """An acknowledgement the broker never asked for: it closes the consumer's channel
+    (PRECONDITION_FAILED), as it does on a consumer's ack timeout."""
+    assert rabbitmq.consumer is not None
+    channel = rabbitmq.consumer._channel
+    assert channel is not None
+    await (await channel.get_underlay_channel()).basic_ack(delivery_tag=424242)
 
 
 async def has_handled(events: list[EventDict], count: int) -> bool:

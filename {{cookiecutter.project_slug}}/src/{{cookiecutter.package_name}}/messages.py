@@ -9,7 +9,6 @@ the store of ids guarantees (README: Messages).
 """
 
 import json
-import uuid
 {%- if not cookiecutter.use_redis %}
 from collections import OrderedDict
 {%- endif %}
@@ -23,7 +22,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 {%- endif %}
 
-from {{ cookiecutter.package_name }}.resources.rabbitmq import RetryLaterError
+from {{ cookiecutter.package_name }}.resources.rabbitmq import (
+    Delivery,
+    RetryLaterError,
+    UnprocessableMessageError,
+)
 
 log = structlog.get_logger(__name__)
 {%- if cookiecutter.use_redis %}
@@ -144,37 +147,39 @@ class IdempotentHandler:
 
     def __init__(self, handled: HandledIds) -> None:
         self._handled = handled
-        self._name = uuid.uuid4().hex
-        # Deliveries whose work succeeded but whose id could not be marked done yet.
-        self._unrecorded: set[str] = set()
 
-    async def __call__(self, message: AbstractIncomingMessage) -> bool:
+    async def __call__(self, delivery: Delivery) -> bool:
         """True: handled now; False: it was handled before (a redelivery), and is skipped."""
-        message_id = message.message_id
+        message_id = delivery.message.message_id
         assert message_id is not None  # the consumer rejects messages without one
-        # Delivery tags are unique on a channel: a retry of this delivery is the same holder.
-        holder = f"{self._name}:{message.delivery_tag}"
-        if holder not in self._unrecorded:
-            if not await self._do_once(message, message_id, holder):
+        if not delivery.work_done:
+            if not await self._do_once(delivery, message_id):
                 return False
-            self._unrecorded.add(holder)
+            delivery.work_done = True
         # A crash before this line does the work again on redelivery, once the claim
         # expired (README: Messages).
         await self._handled.done(message_id)
-        self._unrecorded.discard(holder)
         return True
 
-    async def _do_once(
-        self, message: AbstractIncomingMessage, message_id: str, holder: str
-    ) -> bool:
-        claim = await self._handled.claim(message_id, holder)
+    async def _do_once(self, delivery: Delivery, message_id: str) -> bool:
+        claim = await self._handled.claim(message_id, delivery.id)
         if claim is Claim.DONE:
             return False
         if claim is Claim.TAKEN:
             raise ClaimTakenError(f"message {message_id} is being handled elsewhere")
         try:
-            await process(json.loads(message.body))
+            await process(payload_of(delivery.message))
         except BaseException:
-            await self._handled.release(message_id, holder)
+            await self._handled.release(message_id, delivery.id)
             raise
         return True
+
+
+def payload_of(message: AbstractIncomingMessage) -> dict[str, Any]:
+    try:
+        payload = json.loads(message.body)
+    except ValueError:  # no UTF-8, or no JSON
+        raise UnprocessableMessageError("the body is no JSON") from None
+    if not isinstance(payload, dict):
+        raise UnprocessableMessageError("the body is no JSON object")
+    return payload

@@ -263,6 +263,9 @@ class Settings(BaseSettings):
     # a message held while the store of handled ids does not answer.
     rabbitmq_retry_delay: Seconds = 1.0
     rabbitmq_retry_delay_max: Seconds = 30.0
+    # A larger message goes to the dead-letter queue unread: decoding it would hold up the
+    # event loop (126 MB of JSON: 1.8 s), and each of RABBITMQ_PREFETCH may be that large.
+    rabbitmq_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     # At shutdown, how long the messages being handled may take to finish before they are
     # cancelled (and, unacknowledged, delivered again to the next consumer).
     rabbitmq_drain_seconds: float = Field(default=5.0, ge=0)

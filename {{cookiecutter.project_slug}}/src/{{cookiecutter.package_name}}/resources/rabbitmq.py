@@ -13,9 +13,10 @@ Topology, every name derived from RABBITMQ_QUEUE (q):
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, cast
 from urllib.parse import urlsplit
 
@@ -242,9 +243,26 @@ async def open_rabbitmq(settings: Settings, deadline: float) -> AsyncIterator[Ra
         yield rabbitmq
 
 
+@dataclass
+class Delivery:
+    """One delivery of a message, across every call of the handler for it (see
+    RetryLaterError): a handler notes here what it did, for its next call."""
+
+    message: AbstractIncomingMessage
+    # Unique to this delivery (a delivery tag is unique only on its channel, and channels are
+    # reopened): a handler's name for itself, in a claim on the message's id say.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    work_done: bool = False
+
+
 # What the consumer runs for each message; it must be idempotent (see messages.py). True: the
 # work was done now; False: it had been done before (a redelivery), nothing was done again.
-Handler = Callable[[AbstractIncomingMessage], Awaitable[bool]]
+Handler = Callable[[Delivery], Awaitable[bool]]
+
+
+class UnprocessableMessageError(Exception):
+    """Raised by a handler for a message that no retry can help (a body that is no JSON
+    object, say): it goes to the dead-letter queue at once."""
 
 
 class RetryLaterError(Exception):
@@ -306,6 +324,13 @@ class Consumer:
         try:
             with self._rabbitmq.tracing.handling(message, self._rabbitmq.topology.queue):
                 await self._handle(message)
+        except Exception as exc:
+            # A fault of ours (in tracing, logging) must not leave the message unsettled: it
+            # would hold a prefetch slot until the channel closes, and enough of them stop the
+            # consumer while readiness says 200.
+            log.exception("message.crashed", message_id=message.message_id, error=describe(exc))
+            MESSAGES_CONSUMED.labels("rejected").inc()
+            await _settle(message.reject(requeue=False), {"message_id": message.message_id})
         finally:
             MESSAGES_IN_FLIGHT.dec()
             self._tasks.discard(task)
@@ -319,13 +344,16 @@ class Consumer:
         redelivered = message.redelivered and isinstance(count, int) and count > 0
         delivery = cast(int, count) + 1 if redelivered else 1
         fields = {"message_id": message_id, "delivery": delivery}
-        if not message_id:
-            log.error("message.rejected", reason="no message id", **fields)
-            MESSAGES_CONSUMED.labels("rejected").inc()
-            await message.reject(requeue=False)  # to the dead-letter queue
+        limit = self._rabbitmq.settings.rabbitmq_max_message_bytes
+        if not message_id or len(message.body) > limit:
+            reason = "no message id" if not message_id else f"larger than {limit} bytes"
+            await self._reject(message, reason, fields)
             return
         try:
-            done_now = await self._handled_by_and_by(message, fields)
+            done_now = await self._handled_by_and_by(Delivery(message), fields)
+        except UnprocessableMessageError as exc:
+            await self._reject(message, str(exc), fields)
+            return
         except Exception as exc:
             if delivery >= self._max_deliveries:
                 outcome, event = "dead_lettered", "message.dead_lettered"
@@ -347,9 +375,15 @@ class Consumer:
             MESSAGES_CONSUMED.labels("duplicate").inc()
         await _settle(message.ack(), fields)
 
-    async def _handled_by_and_by(
-        self, message: AbstractIncomingMessage, fields: dict[str, Any]
-    ) -> bool:
+    async def _reject(
+        self, message: AbstractIncomingMessage, reason: str, fields: dict[str, Any]
+    ) -> None:
+        """To the dead-letter queue at once: no retry can help this message."""
+        log.error("message.rejected", reason=reason, **fields)
+        MESSAGES_CONSUMED.labels("rejected").inc()
+        await _settle(message.reject(requeue=False), fields)
+
+    async def _handled_by_and_by(self, delivery: Delivery, fields: dict[str, Any]) -> bool:
         """The handler's answer, each call within RABBITMQ_HANDLER_TIMEOUT; called again after
         a growing pause for as long as it asks to retry later (until the consumer stops)."""
         timeout = self._rabbitmq.settings.rabbitmq_handler_timeout
@@ -357,7 +391,7 @@ class Consumer:
         while True:
             try:
                 async with asyncio.timeout(timeout):
-                    return await self._handler(message)
+                    return await self._handler(delivery)
             except RetryLaterError as exc:
                 pauses += 1
                 retry_in = self._retry_delay(pauses)

@@ -153,7 +153,8 @@ class TracedMessages:
     @contextmanager
     def handling(self, message: AbstractIncomingMessage, queue: str) -> Iterator[Span]:
         carrier = {
-            name: value.decode() if isinstance(value, bytes) else value
+            # Any publisher's headers: bytes that are no UTF-8 must not fail the handling.
+            name: value.decode(errors="replace") if isinstance(value, bytes) else value
             for name, value in message.headers.items()
             if isinstance(value, str | bytes)
         }
