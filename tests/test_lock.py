@@ -14,7 +14,7 @@ import pytest
 from uv import find_uv_bin
 
 from conftest import PYTHON_VERSIONS, TEMPLATE_DIR, Baker, ProjectVenv, StepResult, python_for, run_step
-from test_bake import RENAMED_ALL_ON, RESOURCES
+from test_bake import RENAMED_ALL_ON, RESOURCES, allowed
 
 LOCK_DATA = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "uv.lock.variants"
 FLAGS = [resource.flag for resource in RESOURCES.values()]
@@ -22,6 +22,7 @@ VARIANTS = [
     (version, dict(zip(FLAGS, flags, strict=True)))
     for version in PYTHON_VERSIONS
     for flags in itertools.product([True, False], repeat=len(FLAGS))
+    if allowed("".join("1" if on else "0" for on in flags))
 ]
 # What uv says when uv.lock no longer matches pyproject.toml and --locked forbids re-locking.
 STALE_LOCK = "The lockfile at `uv.lock` needs to be updated, but `--locked` was provided."
