@@ -99,10 +99,7 @@ async def verify(token: str, keys: AuthKeys, settings: Settings) -> Authenticate
             options={"require": ["exp", "iat", "iss", "aud", "sub"]},
         )
     except jwt.PyJWTError as exc:
-        kinds = _REFUSALS_OF_ERRORS
-        raise InvalidTokenError(
-            next((o for k, o in kinds if isinstance(exc, k)), "invalid")
-        ) from None
+        raise InvalidTokenError(_refusal_of(exc)) from None
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise InvalidTokenError("missing_claim")
@@ -110,6 +107,11 @@ async def verify(token: str, keys: AuthKeys, settings: Settings) -> Authenticate
     if any(not _is_number(claims.get(name, 0)) for name in ("exp", "nbf", "iat")):
         raise InvalidTokenError("malformed")
     return AuthenticatedPrincipal(subject, _scopes(claims), claims)
+
+
+def _refusal_of(error: jwt.PyJWTError) -> str:
+    kinds = _REFUSALS_OF_ERRORS
+    return next((outcome for kind, outcome in kinds if isinstance(error, kind)), "invalid")
 
 
 def _is_number(value: object) -> bool:
