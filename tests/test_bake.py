@@ -217,6 +217,32 @@ SUITE_FLAGS = ["111111", "000000", "111000", "100100", "010110", "001011", "0010
 NEWEST_PYTHON_ALL_ON = Case(frozenset(RESOURCES), python_version=PYTHON_VERSIONS[-1])
 MIDDLE_PYTHON_CASES = [Case(frozenset(RESOURCES), python_version=version) for version in PYTHON_VERSIONS[1:-1]]
 SUITE_CASES = [case_of(flags) for flags in SUITE_FLAGS] + [RENAMED_ALL_ON, NEWEST_PYTHON_ALL_ON]
+# The two extra all-on runs repeat what the all-on case ran in full: each runs the part of the
+# suite that its difference can break (a whole all-on suite takes about 8 minutes of real
+# servers and processes). The renamed bake, against a PostgreSQL that checks passwords: the
+# package's name in imports, the wheel, the migrations and everything that connects with a
+# password. The newest Python: the lifespan, the server as a process, and the asyncio-heavy
+# consumer, background tasks, auth and tracing.
+SUITE_FILES: dict[Case, list[str]] = {
+    RENAMED_ALL_ON: [
+        "tests/test_app.py",
+        "tests/test_lifespan.py",
+        "tests/test_migrations.py",
+        "tests/test_outbox.py",
+        "tests/test_postgres.py",
+        "tests/test_settings.py",
+        "tests/test_wheel.py",
+    ],
+    NEWEST_PYTHON_ALL_ON: [
+        "tests/test_app.py",
+        "tests/test_auth.py",
+        "tests/test_background.py",
+        "tests/test_lifespan.py",
+        "tests/test_rabbitmq.py",
+        "tests/test_server.py",
+        "tests/test_tracing.py",
+    ],
+}
 LINT_ONLY_CASES = [case for case in CASES if case not in SUITE_CASES]
 
 TEMPLATE_MARKERS = ("{{", "{%", "%}")
@@ -305,6 +331,12 @@ def test_suite_cases_cover_every_pair_of_flag_values() -> None:
     assert sorted(SUITE_CASES + LINT_ONLY_CASES, key=str) == sorted([*CASES, NEWEST_PYTHON_ALL_ON], key=str)
     other_versions = {case.python_version for case in [NEWEST_PYTHON_ALL_ON, *MIDDLE_PYTHON_CASES]}
     assert other_versions == set(PYTHON_VERSIONS[1:]), "every python_version choice is checked"
+
+
+@pytest.mark.parametrize("case", list(SUITE_FILES), ids=[case.id for case in SUITE_FILES])
+def test_the_extra_runs_name_test_files_their_bake_has(case: Case, baker: Baker, tmp_path: Path) -> None:
+    project = baker.bake(tmp_path, case.context)
+    assert [name for name in SUITE_FILES[case] if not (project / name).is_file()] == []
 
 
 def test_project_is_named_after_slug_and_package(baked: Baked) -> None:
@@ -431,7 +463,8 @@ def test_project_checks_pass(
         pytest.fail(installed.report(), pytrace=False)
 
     files_before = contents(Baked(case, project))
-    results = [venv.run(name, argv, cwd=project) for name, argv in PROJECT_CHECKS]
+    checks = [(name, argv + SUITE_FILES.get(case, []) if name == "pytest" else argv) for name, argv in PROJECT_CHECKS]
+    results = [venv.run(name, argv, cwd=project, timeout=900) for name, argv in checks]
     failed = [result for result in results if not result.ok]
     if failed:
         pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)

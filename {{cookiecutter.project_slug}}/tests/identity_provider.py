@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -38,7 +38,7 @@ class SigningKey:
     algorithm: str
 
     @classmethod
-    def new(cls, algorithm: str = "RS256") -> "SigningKey":
+    def new(cls, algorithm: str = "RS256") -> Self:
         key_id = f"test-key-{next(_key_ids)}"
         if algorithm == "ES256":
             return cls(key_id, ec.generate_private_key(ec.SECP256R1()), algorithm)

@@ -381,6 +381,8 @@ async def test_a_delivery_on_a_reopened_channel_is_never_taken_for_another(
         rabbitmq_prefetch=1,
         rabbitmq_retry_delay=0.2,
         rabbitmq_retry_delay_max=0.5,
+        # A claim left by a cancelled holder expires 5 s after this.
+        rabbitmq_handler_timeout=1,
     )
     app = create_app(settings)
 
@@ -388,33 +390,36 @@ async def test_a_delivery_on_a_reopened_channel_is_never_taken_for_another(
     async def close_the_consumers_channel(rabbitmq: RabbitMQClient) -> None:
         await ack_the_unknown(rabbitmq)
 
+    def deferred(message_id: str, delivery: int) -> Callable[[], bool]:
+        return lambda: any(
+            e["event"] == "message.deferred"
+            and (e["message_id"], e["delivery"]) == (message_id, delivery)
+            for e in events
+        )
+
     async with serve(app) as client:
-        x = await publish(client, "X")  # delivery tag 1
+        await publish(client, "X")  # delivery tag 1
         await async_wait_until(partial(has_handled, events, 1), within=10, message="X")
         a = await publish(client, "A")  # delivery tag 2
         await async_wait_until(partial(is_true, lambda: done == ["X", "A"]), within=10, message="A")
         await asyncio.to_thread(redis_server.stop)
         a_may_finish.set()
-        await async_wait_until(
-            partial(is_true, lambda: a in logged(events, "message.deferred")),
-            within=10,
-            message="A was not held",
-        )
+        await async_wait_until(partial(is_true, deferred(a, 1)), within=10, message="A held")
         await client.post("/test/close-the-consumers-channel")
-        await async_wait_until(
-            partial(in_flight_is, client, 0), within=10, message="A's handler went on"
-        )
+        # A again, delivered on the new channel (tag 1 there), and held too.
+        await async_wait_until(partial(is_true, deferred(a, 2)), within=15, message="A again")
         await asyncio.to_thread(redis_server.start)
-        await async_wait_until(partial(has_handled, events, 2), within=20, message="A again")
-        b = await publish(client, "B")  # delivery tag 2 on the new channel
+        b = await publish(client, "B")  # tag 2 on the new channel, once A is settled
 
         async def b_settled() -> bool:
             return b in logged(events, "message.handled") + logged(events, "message.duplicate")
 
-        await async_wait_until(b_settled, within=10, message="B was never settled")
+        await async_wait_until(b_settled, within=20, message="B was never settled")
 
-    assert logged(events, "message.handled") == [x, a, b]
-    assert done == ["X", "A", "A", "B"]  # A twice: its record was lost with its delivery
+    assert b in logged(events, "message.handled")
+    assert done.count("B") == 1
+    # A's work once or twice (its record may have been lost with its first delivery).
+    assert 1 <= done.count("A") <= 2
 
 
 async def is_true(condition: Callable[[], bool]) -> bool:

@@ -37,8 +37,10 @@ from tests.conftest import (
     auth_headers,
     migrate,
 )
-{%- else -%}
+{%- elif cookiecutter.use_http_client -%}
 from tests.conftest import LIFESPAN_RESOURCES, auth_headers
+{%- else -%}
+from tests.conftest import LIFESPAN_RESOURCES
 {%- endif %}
 from tests.processes import (
     COMMANDS,

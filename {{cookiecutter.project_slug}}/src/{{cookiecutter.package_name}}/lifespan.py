@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client or cookiecutter.use_rabbitmq %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.use_http_client %}
 from functools import partial
 {%- endif %}
 from typing import TypedDict
