@@ -226,28 +226,6 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[containe
         yield engine
 
 
-# The tests that take minutes each (a baked project's suite, an image built and run): each
-# xdist worker starts its share of them first, and spends the rest of the run on short ones,
-# instead of the run ending on a few of them one after another.
-LONGEST = ("test_project_checks_pass", "test_image_builds_and_runs_as_the_manifest_asks")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the items so that the contiguous, equal shares pytest-xdist's worksteal scheduler
-    first hands its workers each begin with an equal number of the longest tests."""
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    longest = [item for item in items if getattr(item, "originalname", None) in LONGEST]
-    rest = [item for item in items if getattr(item, "originalname", None) not in LONGEST]
-    ordered: list[pytest.Item] = []
-    for worker in range(workers):
-        share = (len(items) - len(ordered)) // (workers - worker)  # as the scheduler splits
-        mine = longest[worker::workers]
-        taken = max(0, share - len(mine))
-        ordered += mine + rest[:taken]
-        del rest[:taken]
-    items[:] = ordered + rest
-
-
 # The container tests record their figures (image sizes, build times) under this name; the
 # summary prints them, since xdist workers' output is not shown.
 FIGURES_PROPERTY = "container figures"
