@@ -1,10 +1,10 @@
 """`make demo` works end to end: the default service is baked and installed, its database of its
-own is created and migrated, and the example routes answer the requests of the README's quick
-start.
+own is created and migrated, and the example routes answer the requests of the quick start in
+docs/developing.md.
 
 The test runs `make demo-prepare` (all of `make demo` but the service in the foreground) into a
 temporary folder, with a database of the test's own, then starts the service itself on a free
-port and runs the README's curl commands against it.
+port and runs that page's curl commands against it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from conftest import TEMPLATE_DIR, Baker, project_servers, psql, run_step
 
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 README_ADDRESS = "localhost:8000"
-# The README's requests, in its order; the test asserts each answer below.
+# The quick start's requests (docs/developing.md), in its order; the test asserts each answer below.
 REQUESTS = [
     "curl -s localhost:8000/health/ready",
     "curl -s localhost:8000/notes -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'",
@@ -38,9 +38,9 @@ REQUESTS = [
 
 
 def readme_requests() -> list[str]:
-    """The curl commands of the template README's quick start."""
-    readme = (TEMPLATE_DIR / "README.md").read_text()
-    quick_start = readme.split("\n## Quick start (working on this template)\n", 1)[1].split("\n## ", 1)[0]
+    """The curl commands of the template's quick start, in docs/developing.md."""
+    page = (TEMPLATE_DIR / "docs" / "developing.md").read_text()
+    quick_start = page.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
     return [line for line in quick_start.splitlines() if line.startswith("curl ")]
 
 
