@@ -38,12 +38,12 @@ demo-prepare: bake
 	cp $(DEMO)/.env.example $(DEMO)/.env
 	$(MAKE) -C $(DEMO) migrate VENV=.venv
 
-## Benchmark the all-on service against a bare app and the naive pattern (see README: Benchmarks).
+## Benchmark the all-on service against a bare app and the naive pattern (see docs/benchmarks.md).
 ## BENCH_ARGS=--quick for a ~1 minute smoke run; --template-suite also times `make test`.
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-## Re-lock what baked projects install (scripts/lock.py, see README: Locked dependencies): keeps
+## Re-lock what baked projects install (scripts/lock.py, see docs/developing.md: Locked dependencies): keeps
 ## the locked versions and locks what pyproject.toml adds; UPGRADE=1: every dependency at its newest.
 lock: $(VENV)/.installed
 	$(BIN)/python scripts/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade)

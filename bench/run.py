@@ -11,7 +11,7 @@ migrates a benchmark database, starts a local upstream and every app under test 
 uvicorn settings (serve.py), runs wrk against them in alternating rounds (rounds.py, the rows in
 endpoints.py), times start and stop (lifecycle.py), counts the instructions a request costs
 with callgrind (instructions.py), and reports medians, spreads and ratios (report.py).
-Prints the tables and writes bench/results/latest.json and latest.md (the README's tables).
+Prints the tables and writes bench/results/latest.json and latest.md (the tables of docs/benchmarks.md).
 Runs with the template's dev venv (cookiecutter, uv), as `make bench` does.
 """
 
