@@ -27,6 +27,7 @@ FILES_BY_RESOURCE = {
         PACKAGE / "migrations",
         Path("alembic.ini"),
         Path("deploy") / "k8s" / "migrate-job.yaml",
+        Path("docs") / "migrations.md",
     ],
     "redis": [
         PACKAGE / "resources" / "redis.py",
@@ -55,6 +56,7 @@ FILES_BY_RESOURCE = {
         Path("tests") / "test_rabbitmq.py",
         Path("tests") / "test_rabbitmq_silent.py",
         Path("tests") / "test_rabbitmq_outage.py",
+        Path("docs") / "messages.md",
     ],
     "auth": [
         PACKAGE / "auth.py",
@@ -62,6 +64,7 @@ FILES_BY_RESOURCE = {
         PACKAGE / "api" / "principal.py",
         Path("tests") / "test_auth.py",
         Path("tests") / "identity_provider.py",
+        Path("docs") / "authentication.md",
     ],
 }
 # Only needed when both resources are on (the transactional outbox: PostgreSQL writes the

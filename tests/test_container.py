@@ -435,11 +435,11 @@ def test_image_builds_and_runs_as_the_manifest_asks(
     with contextlib.ExitStack() as stack:
         env = server_env(docker_engine, tag, project, case, stack)
         # With tracing, a collector to export to: without one, closing the tracer provider waits
-        # out SHUTDOWN_TIMEOUT on its retries and fails, as the generated README says.
+        # out SHUTDOWN_TIMEOUT on its retries and fails, as the generated docs/observability.md says.
         collector = type("Collector", (CountingCollector,), {})  # a count of this test's own
         if "opentelemetry" in case.enabled:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack.enter_context(project_servers.http_server(collector))
-        # As the manifest runs it (one worker), then scaled up inside the pod (README: Scaling out).
+        # As the manifest runs it (one worker), then scaled up inside the pod (docs/deployment.md: Scaling out).
         for workers in WORKER_COUNTS:
             events = serve_until_stopped(docker_engine, tag, pod, env | {"WORKERS": str(workers)})
 

@@ -40,6 +40,8 @@ OFFLINE_ENV = {
 K8S_FILES = ("deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml")
 # With PostgreSQL: the Job that applies the migrations before a rollout.
 MIGRATE_JOB = "migrate-job.yaml"
+# The generated page on the image, CI, Kubernetes and scaling out.
+DEPLOYMENT_PAGE = "docs/deployment.md"
 # Servers the service talks to, by flag: compose and CI run one container each.
 SERVERS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "rabbitmq": "RABBITMQ_URL"}
 HEALTH_COMMANDS = {"postgres": "pg_isready", "redis": "redis-cli ping", "rabbitmq": "rabbitmq-diagnostics -q ping"}
@@ -390,10 +392,10 @@ def test_the_migration_job_runs_the_release_image_once_and_bounded(deployed: Dep
     assert job_pod["securityContext"] == pod["securityContext"]
     assert migrate["securityContext"] == app["securityContext"]
     assert migrate["resources"]["limits"]["memory"] == app["resources"]["limits"]["memory"]
-    # The README's rollout order is the Job's own.
-    readme = deployed.path("README.md").read_text()
+    # The documented rollout order is the Job's own.
+    deployment_page = deployed.path(DEPLOYMENT_PAGE).read_text()
     steps = (f"kubectl apply -f deploy/k8s/{MIGRATE_JOB}", "kubectl wait", "kubectl apply -f deploy/k8s/deployment.yaml")
-    rollout = [readme.index(step) for step in steps]
+    rollout = [deployment_page.index(step) for step in steps]
     assert rollout == sorted(rollout)
 
 
@@ -439,14 +441,14 @@ def test_autoscaler_targets_the_deployment_and_owns_its_replicas(deployed: Deplo
 
 
 def test_the_most_pods_at_once_fit_the_databases_connections(deployed: Deployed) -> None:
-    """README "Scaling out": (maxReplicas + maxSurge) x WORKERS x (DB_POOL_SIZE +
-    DB_MAX_OVERFLOW) <= max_connections - reserve, with the numbers the README documents."""
-    readme = deployed.path("README.md").read_text()
+    """docs/deployment.md, "Scaling out": (maxReplicas + maxSurge) x WORKERS x (DB_POOL_SIZE +
+    DB_MAX_OVERFLOW) <= max_connections - reserve, with the numbers the page documents."""
+    deployment_page = deployed.path(DEPLOYMENT_PAGE).read_text()
     if not deployed.on("postgres"):
-        assert "This service opens no database pool yet" in readme
+        assert "This service opens no database pool yet" in deployment_page
         return
-    max_connections = int(re.search(r"`max_connections` \((\d+) by default\)", readme).group(1))
-    reserve = int(re.search(r"the reserve \((\d+) connections here\)", readme).group(1))
+    max_connections = int(re.search(r"`max_connections` \((\d+) by default\)", deployment_page).group(1))
+    reserve = int(re.search(r"the reserve \((\d+) connections here\)", deployment_page).group(1))
     k8s = deployed.path("deploy/k8s")
     deployment, hpa = load_yaml(k8s / "deployment.yaml"), load_yaml(k8s / "hpa.yaml")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -462,8 +464,8 @@ def test_the_most_pods_at_once_fit_the_databases_connections(deployed: Deployed)
     relay = 1 if deployed.on("rabbitmq") else 0
     per_pod = setting("WORKERS") * (setting("DB_POOL_SIZE") + setting("DB_MAX_OVERFLOW") + relay)
     assert most_pods * per_pod <= max_connections - reserve
-    # And the README's worked example is this very sum.
-    assert f"= {most_pods * per_pod} ≤ {max_connections} − {reserve}" in readme
+    # And the page's worked example is this very sum.
+    assert f"= {most_pods * per_pod} ≤ {max_connections} − {reserve}" in deployment_page
 
 
 def test_pods_are_annotated_for_scraping_on_the_service_port(deployed: Deployed) -> None:

@@ -69,7 +69,10 @@ def test_project_pins_the_uv_that_wrote_its_lock(baker: Baker, tmp_path: Path) -
     assert uv_version
     assert f"uv=={uv_version.group(1)}" in (project / "Dockerfile").read_text()
     assert f'version: "{uv_version.group(1)}"' in (project / ".github/workflows/ci.yml").read_text()
-    assert set(re.findall(r"\buv (\d+\.\d+\.\d+)", (project / "README.md").read_text())) == {uv_version.group(1)}
+    # The README and its docs/ pages name the uv version, each time this one.
+    documentation = [project / "README.md", *sorted((project / "docs").glob("*.md"))]
+    named = {version for page in documentation for version in re.findall(r"\buv (\d+\.\d+\.\d+)", page.read_text())}
+    assert named == {uv_version.group(1)}
 
 
 @pytest.mark.parametrize(

@@ -136,18 +136,19 @@ def closing_events(log: list[dict[str, Any]]) -> dict[str, str]:
 
 def worst_case_stop_seconds(env: dict[str, str], resources: int) -> float:
 {%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
-    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
-    BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources + 2) x SHUTDOWN_TIMEOUT (the
-    background tasks' cancellation and the outbox relay's stop are two more steps), with the
-    defaults where `env` sets none."""
+    """The bound from SIGTERM to exit (docs/operating.md, Shutdown): DRAIN_SECONDS +
+    GRACEFUL_SHUTDOWN_TIMEOUT + BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources +
+    2) x SHUTDOWN_TIMEOUT (the background tasks' cancellation and the outbox relay's stop are two
+    more steps), with the defaults where `env` sets none."""
 {%- elif cookiecutter.use_rabbitmq %}
-    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
-    BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources + 1) x SHUTDOWN_TIMEOUT (the
-    background tasks' cancellation is one more step), with the defaults where `env` sets none."""
+    """The bound from SIGTERM to exit (docs/operating.md, Shutdown): DRAIN_SECONDS +
+    GRACEFUL_SHUTDOWN_TIMEOUT + BACKGROUND_DRAIN_SECONDS + RABBITMQ_DRAIN_SECONDS + (resources +
+    1) x SHUTDOWN_TIMEOUT (the background tasks' cancellation is one more step), with the
+    defaults where `env` sets none."""
 {%- else %}
-    """The README's bound from SIGTERM to exit: DRAIN_SECONDS + GRACEFUL_SHUTDOWN_TIMEOUT +
-    BACKGROUND_DRAIN_SECONDS + (resources + 1) x SHUTDOWN_TIMEOUT (the background tasks'
-    cancellation is one more step), with the defaults where `env` sets none."""
+    """The bound from SIGTERM to exit (docs/operating.md, Shutdown): DRAIN_SECONDS +
+    GRACEFUL_SHUTDOWN_TIMEOUT + BACKGROUND_DRAIN_SECONDS + (resources + 1) x SHUTDOWN_TIMEOUT (the
+    background tasks' cancellation is one more step), with the defaults where `env` sets none."""
 {%- endif %}
     return (
         float(env.get("DRAIN_SECONDS", 0))

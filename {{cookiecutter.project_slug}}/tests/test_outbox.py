@@ -215,8 +215,8 @@ async def test_a_silent_broker_neither_fails_nor_slows_notes_and_every_event_goe
 
         async def all_handled() -> bool:
             # A set: the publishes that timed out reach the broker after the heal, besides the
-            # relay's new ones, and two copies handled at once are both handled (README:
-            # Messages, the known limits); what matters here is that none is missing.
+            # relay's new ones, and two copies handled at once are both handled
+            # (docs/messages.md, the known limits); what matters here is that none is missing.
             return set(note_ids(handled_notes)) == set(created)
 
         await async_wait_until(all_handled, within=15, message="events lost after the heal")

@@ -103,7 +103,7 @@ async def test_a_request_is_one_trace_whose_server_span_parents_its_client_spans
     # Read as soon as the lifespan has stopped: closing the provider sent everything.
 {%- if cookiecutter.use_postgres and cookiecutter.use_rabbitmq %}
     # Less the outbox relay's publish of POST /notes's event and its handling: a trace of
-    # their own (README: Messages).
+    # their own (docs/messages.md).
     spans = [span for span in receiver.spans() if span.kind not in {"producer", "consumer"}]
 {%- else %}
     spans = receiver.spans()

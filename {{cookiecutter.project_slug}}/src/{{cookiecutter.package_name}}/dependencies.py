@@ -161,6 +161,7 @@ async def _tracer(request: Request) -> Tracer:
 
 
 # For spans of a route's own, under its request's span. (opentelemetry.trace.get_tracer() would
-# give one that records nothing: the service sets no process-wide provider, see README: Tracing.)
+# give one that records nothing: the service sets no process-wide provider, see
+# docs/observability.md, Tracing.)
 AppTracer = Annotated[Tracer, Depends(_tracer)]
 {%- endif %}

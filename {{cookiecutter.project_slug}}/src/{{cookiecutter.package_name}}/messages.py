@@ -5,7 +5,7 @@ connection dropped, the process stopped) is delivered again, possibly to another
 the first still works on it. Before its work the handler claims the message's id, atomically;
 after it, marks the id done. A delivery of an id that is done is skipped, one whose id another
 handler holds waits until that one finished or gave up: effectively-once handling, within what
-the store of ids guarantees (README: Messages).
+the store of ids guarantees (docs/messages.md).
 """
 
 import json
@@ -157,7 +157,7 @@ class IdempotentHandler:
                 return False
             delivery.work_done = True
         # A crash before this line does the work again on redelivery, once the claim
-        # expired (README: Messages).
+        # expired (docs/messages.md).
         await self._handled.done(message_id)
         return True
 

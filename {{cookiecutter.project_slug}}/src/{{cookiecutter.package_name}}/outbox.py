@@ -1,7 +1,7 @@
 """The transactional outbox: an event is written in the transaction of the change it reports
 (`Outbox.add`), so that there is never one without the other, whatever fails when; the relay,
 owned by the lifespan, publishes the pending events to RabbitMQ with publisher confirms and
-deletes them once confirmed (README: Messages, The outbox).
+deletes them once confirmed (docs/messages.md, The outbox).
 
 The relay takes a batch with `SELECT ... FOR UPDATE SKIP LOCKED`: the processes and replicas
 that relay at once each take other events, and none waits for another. It publishes the batch

@@ -200,7 +200,8 @@ class Settings(BaseSettings):
     # transaction to any of its server connections: no statement may stay prepared between
     # transactions. Off: each connection keeps its prepared statements, one round trip fewer.
     db_behind_pooler: bool = False
-    # The most connections this process may hold; see README "Operating it" for the sizing rule.
+    # The most connections this process may hold; docs/deployment.md, "Scaling out", has the
+    # sizing rule.
     db_connection_budget: int = Field(default=50, ge=1)
     # /health/ready answers 503 while a migration shipped in the package is not applied to the
     # database. false: the schema is managed otherwise.
@@ -243,7 +244,7 @@ class Settings(BaseSettings):
 
     rabbitmq_url: RabbitMQUrl
     # The example consumer's queue; the exchange and the dead-letter exchange and queue are
-    # named after it (README: Messages).
+    # named after it (docs/messages.md).
     rabbitmq_queue: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1, max_length=200)
     # Messages the consumer is handed before it acknowledges any: how many it handles at once.
     rabbitmq_prefetch: int = Field(default=10, ge=1, le=65535)

@@ -160,7 +160,8 @@ async def _end_statements_the_client_gave_up(
     but that stops no statement: the server would run it on (or wait on its lock), a session
     beyond the pool's count. The server's statement_timeout ends it just after the client gave
     up (not before: cancelled by the server, it would be a 500). Session state, so not behind a
-    transaction-mode pooler: set it on the database role there (README: Scaling out)."""
+    transaction-mode pooler: set it on the database role there (docs/deployment.md, Scaling
+    out)."""
     milliseconds = round((command_timeout + _SERVER_TIMEOUT_MARGIN) * 1000)
     try:
         await connection.execute(f"SET statement_timeout = {milliseconds}")
