@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON_VERSIONS, TEMPLATE_DIR, Baker, ProjectVenv, StepResult, python_for
+from markdown_links import broken_links
 
 
 @dataclass(frozen=True)
@@ -421,6 +422,50 @@ def test_python_files_compile(baked: Baked) -> None:
             errors.append(f"{exc.filename}:{exc.lineno}: {exc.msg}")
     assert not errors, "syntax errors:\n" + "\n".join(errors)
 
+
+
+def test_markdown_links_resolve(baked: Baked) -> None:
+    broken = [problem for path in baked.files() if path.suffix == ".md" for problem in broken_links(path, baked.project)]
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+# The page whose table documents every setting: its first column names them, in backticks.
+SETTINGS_PAGE = "docs/settings.md"
+SETTINGS_CLASSES = {"Settings", "DatabaseSettings"}
+DOCUMENTED_NAME = re.compile(r"`([A-Z][A-Z0-9_]*)`")
+
+
+def settings_read(settings_module: Path) -> set[str]:
+    """The environment variables the service's settings classes read: their fields, upper-cased."""
+    tree = ast.parse(settings_module.read_text())
+    return {
+        statement.target.id.upper()
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name in SETTINGS_CLASSES
+        for statement in node.body
+        if isinstance(statement, ast.AnnAssign)
+        and isinstance(statement.target, ast.Name)
+        and statement.target.id != "model_config"
+    }
+
+
+def settings_documented(page: str) -> set[str]:
+    """The names in the first column of the page's tables."""
+    rows = [line.split("|")[1] for line in page.splitlines() if line.startswith("|") and line.count("|") > 2]
+    return {name for cell in rows for name in DOCUMENTED_NAME.findall(cell)}
+
+
+def test_every_setting_is_documented_and_nothing_else(baked: Baked) -> None:
+    read = settings_read(baked.project / "src" / baked.case.package / "settings.py")
+    documented = settings_documented((baked.project / SETTINGS_PAGE).read_text())
+
+    # The OpenTelemetry SDK reads its own variables (OTEL_*), which the page may document too.
+    sdk_variables = {name for name in documented if name.startswith("OTEL_")}
+    if "opentelemetry" not in baked.case.enabled:
+        assert sdk_variables == set(), "tracing is off"
+
+    assert sorted(read - documented) == [], f"settings {SETTINGS_PAGE} does not document"
+    assert sorted(documented - read - sdk_variables) == [], f"{SETTINGS_PAGE} documents settings nothing reads"
 
 # The baked project's own checks, as its README documents them.
 PROJECT_CHECKS: list[tuple[str, list[str]]] = [
