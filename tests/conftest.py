@@ -226,6 +226,40 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[containe
         yield engine
 
 
+# The tests that take minutes each (a part of a baked project's suite, an image built and run, a
+# project's tools installed and run): each xdist worker starts its share of them first, and spends
+# the rest of the run on short ones, instead of the run ending on a few of them one after another.
+LONGEST = (
+    "test_project_checks_pass",
+    "test_uv_sync_then_pre_commit_hooks_and_make_lint_pass",
+    "test_make_install_refuses_a_stale_lock_and_make_upgrade_relocks",
+    "test_image_builds_and_runs_as_the_manifest_asks",
+    "test_the_demo_migrates_a_database_of_its_own_and_answers_the_readme_requests",
+    "test_each_python_version_lints_and_type_checks",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the items so that the contiguous, equal shares pytest-xdist's worksteal scheduler
+    first hands its workers each begin with their turn of the longest tests (in LONGEST's order,
+    dealt round)."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    rank = {name: position for position, name in enumerate(LONGEST)}
+    longest = sorted(
+        (item for item in items if getattr(item, "originalname", None) in rank),
+        key=lambda item: rank[getattr(item, "originalname", "")],
+    )
+    rest = [item for item in items if getattr(item, "originalname", None) not in rank]
+    ordered: list[pytest.Item] = []
+    for worker in range(workers):
+        share = (len(items) - len(ordered)) // (workers - worker)  # as the scheduler splits them
+        mine = longest[worker::workers]
+        taken = max(0, share - len(mine))
+        ordered += mine + rest[:taken]
+        del rest[:taken]
+    items[:] = ordered + rest
+
+
 # The container tests record their figures (image sizes, build times) under this name; the
 # summary prints them, since xdist workers' output is not shown.
 FIGURES_PROPERTY = "container figures"

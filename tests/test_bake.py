@@ -247,6 +247,68 @@ SUITE_FILES: dict[Case, list[str]] = {
         "tests/test_tracing.py",
     ],
 }
+# The longest suites run in parts, each a test item of its own that another xdist worker can take:
+# they spend most of their time waiting on servers and timeouts, not on the CPU (the all-on suite
+# alone: 8 minutes, 4 of CPU). The files of each part, a third of the all-on suite's time each
+# (half of the defaults'); the last part runs the lints and every test file no part names, so a
+# new test file is never left out.
+SUITE_PARTS: dict[Case, list[list[str]]] = {
+    case_of("111111"): [
+        ["tests/test_auth.py", "tests/test_rabbitmq.py", "tests/test_rabbitmq_outage.py", "tests/test_server.py"],
+        [
+            "tests/test_http_client.py",
+            "tests/test_http_transport.py",
+            "tests/test_migrations.py",
+            "tests/test_outbox.py",
+            "tests/test_postgres.py",
+            "tests/test_tracing.py",
+        ],
+    ],
+    case_of("111000"): [
+        ["tests/test_http_client.py", "tests/test_http_transport.py", "tests/test_postgres.py", "tests/test_server.py"],
+    ],
+}
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One test item that runs a baked case's own checks: its lints and its test files, or a part
+    of its test files."""
+
+    case: Case
+    part: str = ""
+    files: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    lints: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.case.id}-{self.part}" if self.part else self.case.id
+
+    def checks(self) -> list[tuple[str, list[str]]]:
+        ignores = [f"--ignore={path}" for path in self.ignored]
+        return [
+            (name, [*argv, *self.files, *ignores] if name == "pytest" else argv)
+            for name, argv in PROJECT_CHECKS
+            if self.lints or name == "pytest"
+        ]
+
+
+def suite_runs(case: Case) -> list[SuiteRun]:
+    if case in SUITE_FILES:
+        return [SuiteRun(case, files=tuple(SUITE_FILES[case]))]
+    parts = SUITE_PARTS.get(case, [])
+    named = tuple(path for files in parts for path in files)
+    runs = [SuiteRun(case, f"part{number}", tuple(files), lints=False) for number, files in enumerate(parts, 1)]
+    return [*runs, SuiteRun(case, f"part{len(parts) + 1}" if parts else "", ignored=named)]
+
+
+# Longest first, the order in which conftest.py deals them to the workers: the parts, then the
+# cases with the most resources (the most tests).
+SUITE_RUNS = sorted(
+    (run for case in SUITE_CASES for run in suite_runs(case)),
+    key=lambda run: (run.case not in SUITE_PARTS, -len(run.case.enabled)),
+)
 LINT_ONLY_CASES = [case for case in CASES if case not in SUITE_CASES]
 
 TEMPLATE_MARKERS = ("{{", "{%", "%}")
@@ -333,14 +395,18 @@ def test_suite_cases_cover_every_pair_of_flag_values() -> None:
         assert met == possible, f"{first} and {second} never meet as {possible - met}"
     assert len(CASES) == len([flags for flags in ALL_FLAGS if allowed(flags)]) + 1 == 49
     assert sorted(SUITE_CASES + LINT_ONLY_CASES, key=str) == sorted([*CASES, NEWEST_PYTHON_ALL_ON], key=str)
+    assert sorted(run.case.id for run in SUITE_RUNS if run.lints) == sorted(case.id for case in SUITE_CASES)
     other_versions = {case.python_version for case in [NEWEST_PYTHON_ALL_ON, *MIDDLE_PYTHON_CASES]}
     assert other_versions == set(PYTHON_VERSIONS[1:]), "every python_version choice is checked"
 
 
-@pytest.mark.parametrize("case", list(SUITE_FILES), ids=[case.id for case in SUITE_FILES])
-def test_the_extra_runs_name_test_files_their_bake_has(case: Case, baker: Baker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", [*SUITE_FILES, *SUITE_PARTS], ids=[case.id for case in [*SUITE_FILES, *SUITE_PARTS]])
+def test_the_runs_name_test_files_their_bake_has(case: Case, baker: Baker, tmp_path: Path) -> None:
     project = baker.bake(tmp_path, case.context)
-    assert [name for name in SUITE_FILES[case] if not (project / name).is_file()] == []
+    named = [*SUITE_FILES.get(case, []), *(path for files in SUITE_PARTS.get(case, []) for path in files)]
+
+    assert [name for name in named if not (project / name).is_file()] == []
+    assert len(named) == len(set(named)), "a file in two parts runs twice"
 
 
 def test_project_is_named_after_slug_and_package(baked: Baked) -> None:
@@ -497,10 +563,9 @@ def servers_for(case: Case, request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", SUITE_CASES, ids=[case.id for case in SUITE_CASES])
-def test_project_checks_pass(
-    case: Case, baker: Baker, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+@pytest.mark.parametrize("run", SUITE_RUNS, ids=[run.id for run in SUITE_RUNS])
+def test_project_checks_pass(run: SuiteRun, baker: Baker, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    case = run.case
     # A bake of its own: tool caches written here must not reach the cheap checks' bake.
     project = baker.bake(tmp_path / "out", case.context)
     python, _ = case.python()
@@ -511,8 +576,7 @@ def test_project_checks_pass(
         pytest.fail(installed.report(), pytrace=False)
 
     files_before = contents(Baked(case, project))
-    checks = [(name, argv + SUITE_FILES.get(case, []) if name == "pytest" else argv) for name, argv in PROJECT_CHECKS]
-    results = [venv.run(name, argv, cwd=project, timeout=900) for name, argv in checks]
+    results = [venv.run(name, argv, cwd=project, timeout=900) for name, argv in run.checks()]
     failed = [result for result in results if not result.ok]
     if failed:
         pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
