@@ -16,9 +16,9 @@ from structlog.typing import EventDict
 
 from {{ cookiecutter.package_name }}.lifespan import State, lifespan
 {%- if verified %}
-from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, lifecycle
+from {{ cookiecutter.package_name }}.resources.lifecycle import ResourceUnavailableError, doubling_delay, lifecycle
 {%- else %}
-from {{ cookiecutter.package_name }}.resources.lifecycle import lifecycle
+from {{ cookiecutter.package_name }}.resources.lifecycle import doubling_delay, lifecycle
 {%- endif %}
 {%- if cookiecutter.use_opentelemetry %}
 from {{ cookiecutter.package_name }}.resources.tracing import new_tracer_provider
@@ -197,3 +197,12 @@ async def test_a_failing_close_is_logged_and_does_not_stop_the_others(
     ]
     errors = {e["resource"]: e["error"] for e in events if e["event"] == "resource.close_failed"}
     assert errors == {"hanging": "TimeoutError", "broken": "ConnectionError: server went away"}
+
+
+def test_retry_pauses_double_up_to_their_ceiling_after_any_number_of_failures() -> None:
+    # The outbox relay and the consumer retry for as long as an outage lasts: after 1,024
+    # failures in a row a plain 2**n no longer fits in a float (OverflowError).
+    attempts = [1, 2, 3, 5, 6, 1_025, 10**6]
+    pauses = [doubling_delay(attempt, 0.5, 10.0) for attempt in attempts]
+
+    assert pauses == [0.5, 1.0, 2.0, 8.0, 10.0, 10.0, 10.0]

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.metrics import OUTBOX_LAG, OUTBOX_PENDING
 from {{ cookiecutter.package_name }}.models import OutboxEvent
-from {{ cookiecutter.package_name }}.resources.lifecycle import describe
+from {{ cookiecutter.package_name }}.resources.lifecycle import describe, doubling_delay
 from {{ cookiecutter.package_name }}.resources.postgres import dedicated_engine
 from {{ cookiecutter.package_name }}.resources.rabbitmq import RabbitMQ
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -99,7 +99,7 @@ class Outbox:
                 break
             except Exception as exc:
                 failures += 1
-                backoff = min(self._poll_seconds * 2 ** (failures - 1), self._max_backoff_seconds)
+                backoff = doubling_delay(failures, self._poll_seconds, self._max_backoff_seconds)
                 log.warning(
                     "outbox.relay_failed",
                     error=describe(exc),

@@ -26,6 +26,15 @@ log = structlog.get_logger(__name__)
 
 FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
+# Past this many doublings every pause has long reached its ceiling; a larger power of two
+# would not fit in a float (OverflowError after 1,024 failures in a row: hours of an outage).
+MAX_DOUBLINGS = 60
+
+
+def doubling_delay(attempt: int, first: float, most: float) -> float:
+    """The pause before retry number `attempt` (from 1): `first`, doubled at each attempt, at
+    most `most`, however many attempts failed before."""
+    return min(most, first * 2.0 ** min(attempt - 1, MAX_DOUBLINGS))
 
 
 class ResourceUnavailableError(RuntimeError):
@@ -81,7 +90,7 @@ async def verify_until(
                 ) from None
             if not isinstance(exc, TimeoutError):
                 answered = error
-            backoff = random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2**attempt))  # noqa: S311
+            backoff = random.uniform(0, doubling_delay(attempt + 1, FIRST_BACKOFF, MAX_BACKOFF))  # noqa: S311
             await asyncio.sleep(min(backoff, remaining))
         else:
             return

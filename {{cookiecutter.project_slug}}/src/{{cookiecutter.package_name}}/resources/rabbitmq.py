@@ -41,6 +41,7 @@ from {{ cookiecutter.package_name }}.metrics import (
 from {{ cookiecutter.package_name }}.resources.lifecycle import (
     ResourceUnavailableError,
     describe,
+    doubling_delay,
     lifecycle,
 )
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -400,8 +401,9 @@ class Consumer:
 
     def _retry_delay(self, attempt: int) -> float:
         settings = self._rabbitmq.settings
-        ceiling = settings.rabbitmq_retry_delay_max
-        return min(ceiling, settings.rabbitmq_retry_delay * 2.0 ** min(attempt - 1, 30))
+        return doubling_delay(
+            attempt, settings.rabbitmq_retry_delay, settings.rabbitmq_retry_delay_max
+        )
 
     async def stop(self, drain_seconds: float) -> None:
         """Stop taking messages, let those being handled finish within `drain_seconds`, cancel
