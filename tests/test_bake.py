@@ -15,7 +15,7 @@ import json
 import re
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -407,6 +407,15 @@ def test_the_runs_name_test_files_their_bake_has(case: Case, baker: Baker, tmp_p
 
     assert [name for name in named if not (project / name).is_file()] == []
     assert len(named) == len(set(named)), "a file in two parts runs twice"
+
+
+def test_compiled_templates_bake_the_same_project(baker: Baker, tmp_path: Path) -> None:
+    case = case_of("111111")
+    kept = Baked(case, baker.bake(tmp_path / "kept", case.context))
+    again = Baked(case, baker.bake(tmp_path / "again", case.context))
+    fresh = Baked(case, replace(baker, keep_compiled_templates=False).bake(tmp_path / "fresh", case.context))
+
+    assert contents(kept) == contents(fresh) == contents(again)
 
 
 def test_project_is_named_after_slug_and_package(baked: Baked) -> None:
