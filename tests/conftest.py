@@ -342,13 +342,13 @@ class ProjectVenv:
         """The caller's environment (DATABASE_URL, REDIS_URL, ...) activated for this venv.
 
         Variables of the outer pytest (and xdist) run are dropped so they cannot leak into the
-        baked project's own pytest run.
+        baked project's own pytest run. So is PYTHONDONTWRITEBYTECODE, which some machines set
+        (the template's development machine does): without the bytecode cache every process a
+        baked suite starts (its servers, hundreds) compiles each module it imports again, 3.8 s
+        of CPU to import the all-on app where 1.1 s does with it.
         """
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("PYTEST_") and key not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"}
-        }
+        dropped = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE"}
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_") and key not in dropped}
         env["VIRTUAL_ENV"] = str(self.path)
         env["TMPDIR"] = str(self.tmp)
         env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
