@@ -498,7 +498,6 @@ def test_python_files_compile(baked: Baked) -> None:
     assert not errors, "syntax errors:\n" + "\n".join(errors)
 
 
-
 def test_markdown_links_resolve(baked: Baked) -> None:
     broken = [problem for path in baked.files() if path.suffix == ".md" for problem in broken_links(path, baked.project)]
     assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
@@ -539,8 +538,9 @@ def test_every_setting_is_documented_and_nothing_else(baked: Baked) -> None:
     if "opentelemetry" not in baked.case.enabled:
         assert sdk_variables == set(), "tracing is off"
 
-    assert sorted(read - documented) == [], f"settings {SETTINGS_PAGE} does not document"
+    assert sorted(read - documented) == [], f"settings that {SETTINGS_PAGE} does not document"
     assert sorted(documented - read - sdk_variables) == [], f"{SETTINGS_PAGE} documents settings nothing reads"
+
 
 # The baked project's own checks, as its README documents them.
 PROJECT_CHECKS: list[tuple[str, list[str]]] = [
