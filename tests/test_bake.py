@@ -294,13 +294,30 @@ class SuiteRun:
         ]
 
 
+# Test files that are the same in every bake that has them, and test modules that are the same
+# too (no template syntax in either: test_flag_independent_files_are_the_same_in_every_bake):
+# they run in the all-on suite only, since any other suite would repeat exactly the same tests.
+FLAG_INDEPENDENT: dict[str, tuple[str, ...]] = {
+    "tests/test_http_transport.py": (
+        "src/{package}/resources/http_client.py",
+        "src/{package}/resources/aiohttp_transport.py",
+    ),
+    "tests/test_http_proxies.py": ("src/{package}/resources/http_client.py",),
+}
+
+
 def suite_runs(case: Case) -> list[SuiteRun]:
     if case in SUITE_FILES:
         return [SuiteRun(case, files=tuple(SUITE_FILES[case]))]
     parts = SUITE_PARTS.get(case, [])
+    skipped = () if case == case_of("111111") else tuple(FLAG_INDEPENDENT)
+    runs = [
+        SuiteRun(case, f"part{number}", tuple(path for path in files if path not in skipped), lints=False)
+        for number, files in enumerate(parts, 1)
+    ]
     named = tuple(path for files in parts for path in files)
-    runs = [SuiteRun(case, f"part{number}", tuple(files), lints=False) for number, files in enumerate(parts, 1)]
-    return [*runs, SuiteRun(case, f"part{len(parts) + 1}" if parts else "", ignored=named)]
+    last = SuiteRun(case, f"part{len(parts) + 1}" if parts else "", ignored=tuple(dict.fromkeys(named + skipped)))
+    return [*runs, last]
 
 
 # Longest first, the order in which conftest.py deals them to the workers: the parts, then the
@@ -407,6 +424,16 @@ def test_the_runs_name_test_files_their_bake_has(case: Case, baker: Baker, tmp_p
 
     assert [name for name in named if not (project / name).is_file()] == []
     assert len(named) == len(set(named)), "a file in two parts runs twice"
+
+
+def test_flag_independent_files_are_the_same_in_every_bake() -> None:
+    """Their only template syntax is the package's name: no flag changes a line of them."""
+    project_template = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
+    package_name = "{{ cookiecutter.package_name }}"
+    for test_file, modules in FLAG_INDEPENDENT.items():
+        for path in [test_file, *(module.format(package="{{cookiecutter.package_name}}") for module in modules)]:
+            text = (project_template / path).read_text().replace(package_name, "")
+            assert not any(marker in text for marker in TEMPLATE_MARKERS), f"{path} changes with the flags"
 
 
 def test_compiled_templates_bake_the_same_project(baker: Baker, tmp_path: Path) -> None:
@@ -584,8 +611,16 @@ def test_project_checks_pass(run: SuiteRun, baker: Baker, tmp_path: Path, reques
     if not installed.ok:
         pytest.fail(installed.report(), pytrace=False)
 
+    # The lints as for the combinations that are only linted (see shared_venv), where the
+    # Python is the shared venv's: the project's own venv would check the installed packages
+    # afresh, most of mypy's time. test_tooling.py lints in a project's own venv.
+    lint_venv = venv if case.python_version else request.getfixturevalue("shared_venv")
+
     files_before = contents(Baked(case, project))
-    results = [venv.run(name, argv, cwd=project, timeout=900) for name, argv in run.checks()]
+    results = [
+        (venv if name == "pytest" else lint_venv).run(name, argv, cwd=project, timeout=900)
+        for name, argv in run.checks()
+    ]
     failed = [result for result in results if not result.ok]
     if failed:
         pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
