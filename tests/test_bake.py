@@ -574,7 +574,9 @@ PROJECT_CHECKS: list[tuple[str, list[str]]] = [
     ("ruff check", ["ruff", "check", "."]),
     ("ruff format --check", ["ruff", "format", "--check", "."]),
     ("mypy", ["mypy"]),
-    ("pytest", ["pytest", "-q", "-p", "no:cacheprovider"]),
+    # -rfE: the failures' one-line summary comes last, within the tail a failed step shows
+    # (a run's warnings summary, hypothesis's above all, can fill the tail otherwise).
+    ("pytest", ["pytest", "-q", "-rfE", "-p", "no:cacheprovider"]),
 ]
 
 
