@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bakes import cookiecutter_config  # noqa: E402
 from conftest import Baker  # noqa: E402
 
 ANSWERS = [{}, {"use_redis": False, "use_rabbitmq": True}]
@@ -58,9 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        config = root / "config.yaml"
-        config.write_text(f'replay_dir: "{root / "replay"}"\ncookiecutters_dir: "{root / "cookiecutters"}"\n')
-        cached = Baker(config)
+        cached = Baker(cookiecutter_config(root))
         fresh = replace(cached, keep_compiled_templates=False)
         seconds_per_bake(cached, len(ANSWERS), root)  # the cache filled, as after a test's first bake
         sides: dict[str, list[float]] = {"cached": [], "fresh": []}

@@ -192,6 +192,7 @@ def case_of(flags: str) -> Case:
     return Case(frozenset(name for name, on in zip(RESOURCES, flags, strict=True) if on == "1"))
 
 
+ALL_ON = case_of("1" * len(RESOURCES))
 RENAMED_ALL_ON = Case(
     frozenset(RESOURCES), project_name="Billing API v2", slug="billing-api-v2", package="billing_api_v2"
 )
@@ -253,7 +254,7 @@ SUITE_FILES: dict[Case, list[str]] = {
 # (half of the defaults'); the last part runs the lints and every test file no part names, so a
 # new test file is never left out.
 SUITE_PARTS: dict[Case, list[list[str]]] = {
-    case_of("111111"): [
+    ALL_ON: [
         ["tests/test_auth.py", "tests/test_rabbitmq.py", "tests/test_rabbitmq_outage.py", "tests/test_server.py"],
         [
             "tests/test_http_client.py",
@@ -310,7 +311,7 @@ def suite_runs(case: Case) -> list[SuiteRun]:
     if case in SUITE_FILES:
         return [SuiteRun(case, files=tuple(SUITE_FILES[case]))]
     parts = SUITE_PARTS.get(case, [])
-    skipped = () if case == case_of("111111") else tuple(FLAG_INDEPENDENT)
+    skipped = () if case == ALL_ON else tuple(FLAG_INDEPENDENT)
     runs = [
         SuiteRun(case, f"part{number}", tuple(path for path in files if path not in skipped), lints=False)
         for number, files in enumerate(parts, 1)
@@ -437,7 +438,7 @@ def test_flag_independent_files_are_the_same_in_every_bake() -> None:
 
 
 def test_compiled_templates_bake_the_same_project(baker: Baker, tmp_path: Path) -> None:
-    case = case_of("111111")
+    case = ALL_ON
     kept = Baked(case, baker.bake(tmp_path / "kept", case.context))
     again = Baked(case, baker.bake(tmp_path / "again", case.context))
     fresh = Baked(case, replace(baker, keep_compiled_templates=False).bake(tmp_path / "fresh", case.context))
