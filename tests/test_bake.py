@@ -9,12 +9,15 @@ flag values (see SUITE_FLAGS).
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import itertools
 import json
 import re
+import shutil
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -645,23 +648,47 @@ def test_project_checks_pass(run: SuiteRun, baker: Baker, tmp_path: Path, reques
     assert not leaks, f"signs of leaked connections or loops in the output: {leaks}"
 
 
+@contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (made if missing) against the other test workers."""
+    with lock_file.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
-def shared_venv(baker: Baker, tmp_path_factory: pytest.TempPathFactory) -> ProjectVenv:
-    """One venv (per test worker) with the dependencies of every option, but no project, for the
-    combinations that are only linted and type-checked: each would otherwise install a venv of
-    its own, which costs more than its checks. A combination cannot lean on a package that its
-    own pyproject.toml lacks without a cheap check noticing: test_runtime_dependencies_follow_flags
-    reads what it declares, test_src_does_not_import_disabled_resources what it imports. mypy
-    keeps one cache beside the venv: the installed packages, most of its work, are analysed once
-    per worker, and each project's own modules are checked afresh (their hashes differ)."""
-    root = tmp_path_factory.mktemp("shared-venv")
-    every_option = {resource.flag: True for resource in RESOURCES.values()}
-    project = baker.bake(root / "out", every_option)
-    venv = ProjectVenv(root / "venv", overrides={"MYPY_CACHE_DIR": str(root / "mypy-cache")})
-    installed = venv.create(project, install_project=False)
-    if not installed.ok:
-        pytest.fail(installed.report(), pytrace=False)
-    return venv
+def shared_venv(baker: Baker, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> ProjectVenv:
+    """One venv with the dependencies of every option, but no project, for the combinations that
+    are only linted and type-checked: each would otherwise install a venv of its own, which costs
+    more than its checks. A combination cannot lean on a package that its own pyproject.toml lacks
+    without a cheap check noticing: test_runtime_dependencies_follow_flags reads what it declares,
+    test_src_does_not_import_disabled_resources what it imports.
+
+    The first test worker to need it makes it, for all of them, with a mypy cache of the installed
+    packages: most of mypy's work (a cold run is 17 s of CPU, a warm one under 1 s). Each worker
+    checks with a copy of that cache, so no two mypy runs write the same one; a project's own
+    modules are checked afresh where their hashes differ from the cached ones."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    root = shared / "shared-venv"
+    venv_dir, seed_cache = root / "venv", root / "mypy-cache"
+    with exclusive(shared / "shared-venv.lock"):
+        if not seed_cache.is_dir():
+            # A worker that failed here left its attempt half-made: this one starts afresh.
+            shutil.rmtree(root, ignore_errors=True)
+            every_option = {resource.flag: True for resource in RESOURCES.values()}
+            project = baker.bake(root / "out", every_option)
+            venv = ProjectVenv(venv_dir, overrides={"MYPY_CACHE_DIR": str(root / "mypy-cache-in-the-making")})
+            installed = venv.create(project, install_project=False)
+            if not installed.ok:
+                pytest.fail(installed.report(), pytrace=False)
+            checked = venv.run("mypy", ["mypy"], cwd=project)
+            if not checked.ok:
+                pytest.fail(explain(checked), pytrace=False)
+            (root / "mypy-cache-in-the-making").rename(seed_cache)
+    own_cache = tmp_path_factory.mktemp("mypy-cache")
+    shutil.copytree(seed_cache, own_cache, dirs_exist_ok=True)
+    return ProjectVenv(venv_dir, overrides={"MYPY_CACHE_DIR": str(own_cache)})
 
 
 @pytest.mark.slow
