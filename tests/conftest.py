@@ -39,7 +39,12 @@ def load_project_servers() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     # Registered first: its dataclasses look their module up while it runs (postponed annotations).
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    # No __pycache__ in the template: every bake would copy it into the project.
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     return module
 
 
