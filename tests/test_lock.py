@@ -143,11 +143,13 @@ def test_make_install_refuses_a_stale_lock_and_make_upgrade_relocks(baker: Baker
     pyproject = project / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"fastapi>=0.142"', f'"fastapi>={fastapi}"'))
     stale = run_step("make install", [*make, "install"], cwd=project, env=env, timeout=600)
+    # The upgrade's own test run is one file's: that its `make test` runs is what is checked here.
+    # The whole suite of this combination runs in test_bake.py (test_project_checks_pass).
     upgraded = run_step(
         "make upgrade",
         [*make, "upgrade"],
         cwd=project,
-        env=env | {"UV_EXCLUDE_NEWER": newest_upload(lock_before)},
+        env=env | {"UV_EXCLUDE_NEWER": newest_upload(lock_before), "PYTEST_ADDOPTS": "tests/test_app.py"},
         timeout=900,
     )
 
@@ -159,6 +161,7 @@ def test_make_install_refuses_a_stale_lock_and_make_upgrade_relocks(baker: Baker
     require(upgraded)
     for step in ("lock --upgrade", "sync --locked", "ruff check", "mypy", "pytest"):
         assert step in upgraded.output, step
+    assert re.search(r"^tests/test_app\.py \.+", upgraded.output, re.MULTILINE), upgraded.report()
     lock_after = (project / "uv.lock").read_text()
     assert lock_after != lock_before
     metadata = tomllib.loads(lock_after)["package"]
