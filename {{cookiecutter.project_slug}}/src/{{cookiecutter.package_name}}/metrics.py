@@ -10,10 +10,11 @@ there, and a scrape, whichever worker answers it, sums the files of them all.
 """
 
 import asyncio
+import glob
 import math
 import os
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from functools import cache
 from itertools import accumulate
@@ -406,6 +407,24 @@ async def _write_pool_figures(db_pools: Pools, http_pools: Pools, every: float) 
         await asyncio.sleep(every)
 
 
+class _EveryWorkersFiles(multiprocess.MultiProcessCollector):
+    """prometheus_client's sum of every worker's files, where a file still empty counts as one
+    with nothing recorded: a worker makes its file, then sizes it. A scrape in between failed
+    whole (struct.error), and for good if the worker was killed in that moment, its file never
+    sized (prometheus/client_python#1199, open)."""
+
+    def collect(self) -> Iterable[Metric]:
+        files = [path for path in glob.glob(os.path.join(self._path, "*.db")) if _has_data(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _has_data(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a stopped worker's live gauges, removed meanwhile
+        return False
+
+
 @asynccontextmanager
 async def expose_metrics(
     settings: Settings, *, db_pools: Pools, http_pools: Pools
@@ -417,7 +436,7 @@ async def expose_metrics(
         registry.register(_PoolCollector(db_pools, http_pools))
         yield registry
         return
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    _EveryWorkersFiles(registry)  # type: ignore[no-untyped-call]
     writer = asyncio.create_task(
         _write_pool_figures(db_pools, http_pools, settings.metrics_sample_seconds)
     )
