@@ -618,16 +618,17 @@ def test_project_checks_pass(run: SuiteRun, baker: Baker, tmp_path: Path, reques
     if not installed.ok:
         pytest.fail(installed.report(), pytrace=False)
 
-    # The lints as for the combinations that are only linted (see shared_venv), where the
-    # Python is the shared venv's: the project's own venv would check the installed packages
-    # afresh, most of mypy's time. test_tooling.py lints in a project's own venv.
-    lint_venv = venv if case.python_version else request.getfixturevalue("shared_venv")
-
     files_before = contents(Baked(case, project))
-    results = [
-        (venv if name == "pytest" else lint_venv).run(name, argv, cwd=project, timeout=900)
-        for name, argv in run.checks()
-    ]
+    tests = [(name, argv) for name, argv in run.checks() if name == "pytest"]
+    lints = [(name, argv) for name, argv in run.checks() if name != "pytest"]
+    results = [venv.run(name, argv, cwd=project, timeout=900) for name, argv in tests]
+    if lints:
+        # As for the combinations that are only linted (see shared_venv), where the Python is
+        # the shared venv's: the project's own venv would check the installed packages afresh,
+        # most of mypy's time. After the tests, so that the first suites do not wait while the
+        # first worker makes it. test_tooling.py lints in a project's own venv.
+        lint_venv = venv if case.python_version else request.getfixturevalue("shared_venv")
+        results += [lint_venv.run(name, argv, cwd=project, timeout=900) for name, argv in lints]
     failed = [result for result in results if not result.ok]
     if failed:
         pytest.fail("\n\n".join(explain(result) for result in failed), pytrace=False)
