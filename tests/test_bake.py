@@ -619,8 +619,9 @@ def test_project_checks_pass(run: SuiteRun, baker: Baker, tmp_path: Path, reques
         pytest.fail(installed.report(), pytrace=False)
 
     files_before = contents(Baked(case, project))
-    tests = [(name, argv) for name, argv in run.checks() if name == "pytest"]
-    lints = [(name, argv) for name, argv in run.checks() if name != "pytest"]
+    checks = run.checks()
+    tests = [(name, argv) for name, argv in checks if name == "pytest"]
+    lints = [(name, argv) for name, argv in checks if name != "pytest"]
     results = [venv.run(name, argv, cwd=project, timeout=900) for name, argv in tests]
     if lints:
         # As for the combinations that are only linted (see shared_venv), where the Python is
@@ -673,21 +674,21 @@ def shared_venv(baker: Baker, tmp_path_factory: pytest.TempPathFactory, worker_i
     base = tmp_path_factory.getbasetemp()
     shared = base if worker_id == "master" else base.parent
     root = shared / "shared-venv"
-    venv_dir, seed_cache = root / "venv", root / "mypy-cache"
+    venv_dir, seed_cache, unfinished_cache = root / "venv", root / "mypy-cache", root / "mypy-cache-in-the-making"
     with exclusive(shared / "shared-venv.lock"):
         if not seed_cache.is_dir():
             # A worker that failed here left its attempt half-made: this one starts afresh.
             shutil.rmtree(root, ignore_errors=True)
             every_option = {resource.flag: True for resource in RESOURCES.values()}
             project = baker.bake(root / "out", every_option)
-            venv = ProjectVenv(venv_dir, overrides={"MYPY_CACHE_DIR": str(root / "mypy-cache-in-the-making")})
+            venv = ProjectVenv(venv_dir, overrides={"MYPY_CACHE_DIR": str(unfinished_cache)})
             installed = venv.create(project, install_project=False)
             if not installed.ok:
                 pytest.fail(installed.report(), pytrace=False)
             checked = venv.run("mypy", ["mypy"], cwd=project)
             if not checked.ok:
                 pytest.fail(explain(checked), pytrace=False)
-            (root / "mypy-cache-in-the-making").rename(seed_cache)
+            unfinished_cache.rename(seed_cache)
     own_cache = tmp_path_factory.mktemp("mypy-cache")
     shutil.copytree(seed_cache, own_cache, dirs_exist_ok=True)
     return ProjectVenv(venv_dir, overrides={"MYPY_CACHE_DIR": str(own_cache)})
